@@ -1,0 +1,136 @@
+#!/bin/bash
+# setup.sh takes a fresh Debian 12 (bookworm) machine, as root, to everything
+# ckpt and its tests need. It is idempotent: a second run only checks.
+#
+#   CRIU 4.2.1 (Debian sid) in a private prefix run through its own loader,
+#   iptables, runc, busybox-static, QEMU, and the Debian kernels the guest
+#   tests boot, unpacked (never installed) under the download cache.
+#
+# Downloads are cached in $CKPT_CACHE (default: <repo>/.cache, git-ignored).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${CKPT_CACHE:-$REPO/.cache}
+PREFIX=${CKPT_CRIU_PREFIX:-/opt/ckpt/criu}
+WRAPPER=/usr/local/sbin/criu
+
+# Pinned guest kernels (see hack/README.md for why these and how to bump).
+KERNEL_61=${CKPT_KERNEL_61:-linux-image-6.1.0-56-amd64}
+KERNEL_612=${CKPT_KERNEL_612:-linux-image-6.12.95+deb12-amd64}
+
+SID_PKGS=(criu libcompel1 libnet9 libnl-3-200)
+TRIXIE_PKGS=(libc6 libgnutls30t64 libnftables1 libprotobuf-c1 libbsd0 libuuid1
+	libnftnl11 libxtables12 libjansson4 libmnl0 libidn2-0 libunistring5
+	libtasn1-6 libnettle8t64 libhogweed6t64 libgmp10 libp11-kit0 libffi8 libmd0)
+HOST_PKGS=(iptables runc busybox-static qemu-system-x86 qemu-utils cpio xz-utils
+	gzip zstd procps iproute2 util-linux e2fsprogs ca-certificates)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+[ "$(id -u)" = 0 ] || { echo "setup.sh must run as root" >&2; exit 1; }
+export DEBIAN_FRONTEND=noninteractive
+mkdir -p "$CACHE/debs"
+
+# --- apt suites: bookworm-backports, trixie and sid at pin priority 100, so
+# nothing on the host is upgraded from them unless asked for by name.
+SRC=/etc/apt/sources.list.d/ckpt-extra.sources
+PIN=/etc/apt/preferences.d/ckpt-extra
+want_src='Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports trixie sid
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg'
+want_pin='Package: *
+Pin: release n=trixie
+Pin-Priority: 100
+
+Package: *
+Pin: release n=sid
+Pin-Priority: 100
+
+Package: *
+Pin: release n=bookworm-backports
+Pin-Priority: 100'
+stamp=$CACHE/apt-updated
+if [ "$(cat $SRC 2>/dev/null)" != "$want_src" ] || [ "$(cat $PIN 2>/dev/null)" != "$want_pin" ] ||
+	[ -z "$(find "$stamp" -mmin -720 2>/dev/null)" ] || ! apt-cache show criu=4.2.1-1 >/dev/null 2>&1; then
+	printf '%s\n' "$want_src" >$SRC
+	printf '%s\n' "$want_pin" >$PIN
+	log "apt-get update"
+	apt-get update -qq || log "apt-get update reported errors (unreachable third-party sources are ignored)"
+	touch "$stamp"
+fi
+
+# --- host packages
+missing=()
+for p in "${HOST_PKGS[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	log "installing ${missing[*]}"
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if dpkg-query -W -f='${Status}' criu 2>/dev/null | grep -q 'install ok installed'; then
+	log "removing Debian 12's criu 3.17 (fails on kernels >= 6.13)"
+	apt-get remove -y -qq criu >/dev/null
+fi
+
+# --- CRIU 4.2.1 in a private prefix
+download() { # suite pkg...
+	local suite=$1; shift
+	local p
+	for p in "$@"; do
+		local v
+		v=$(apt-cache show "$p/$suite" 2>/dev/null | awk '/^Version:/{print $2; exit}')
+		[ -n "$v" ] || { echo "setup.sh: $p not found in $suite" >&2; exit 1; }
+		local f
+		f=$(ls "$CACHE/debs/${p}_${v//:/%3a}_"*.deb 2>/dev/null | head -1 || true)
+		if [ -z "$f" ]; then
+			(cd "$CACHE/debs" && apt-get download -qq -o APT::Sandbox::User=root "$p/$suite" >/dev/null)
+			f=$(ls "$CACHE/debs/${p}_${v//:/%3a}_"*.deb | head -1)
+		fi
+		echo "$f"
+	done
+}
+criu_ok() { [ -x $WRAPPER ] && $WRAPPER --version 2>/dev/null | grep -q 'Version: 4.2'; }
+if ! criu_ok; then
+	log "installing CRIU 4.2.1 into $PREFIX"
+	debs=$(download sid "${SID_PKGS[@]}"; download trixie "${TRIXIE_PKGS[@]}")
+	rm -rf "$PREFIX.new" && mkdir -p "$PREFIX.new"
+	for d in $debs; do dpkg -x "$d" "$PREFIX.new"; done
+	rm -rf "$PREFIX" && mv "$PREFIX.new" "$PREFIX"
+fi
+LOADER=$(find "$PREFIX" -name 'ld-linux-x86-64.so.2' -type f | head -1)
+[ -n "$LOADER" ] || { echo "setup.sh: no loader in $PREFIX" >&2; exit 1; }
+LIBPATH=$PREFIX/usr/lib/x86_64-linux-gnu:$PREFIX/lib/x86_64-linux-gnu
+want_wrapper="#!/bin/sh
+# CRIU 4.2.1 from Debian sid, run through its own glibc (installed by ckpt's hack/setup.sh).
+exec $LOADER --library-path $LIBPATH $PREFIX/usr/sbin/criu \"\$@\""
+if [ "$(cat $WRAPPER 2>/dev/null)" != "$want_wrapper" ]; then
+	printf '%s\n' "$want_wrapper" >$WRAPPER
+	chmod 755 $WRAPPER
+fi
+criu_ok || { echo "setup.sh: $WRAPPER does not run" >&2; exit 1; }
+if ! $WRAPPER check >"$CACHE/criu-check.log" 2>&1 || ! grep -q 'Looks good' "$CACHE/criu-check.log"; then
+	cat "$CACHE/criu-check.log" >&2
+	echo "setup.sh: criu check failed" >&2
+	exit 1
+fi
+log "criu: $($WRAPPER --version | head -1), criu check: Looks good"
+
+# --- guest kernels, unpacked under the cache (the host's /boot is untouched)
+unpack_kernel() { # suite pkg dir
+	local dir=$CACHE/kernels/$3
+	if [ ! -f "$dir/.done" ]; then
+		log "unpacking $2 ($1)"
+		local deb
+		deb=$(download "$1" "$2")
+		rm -rf "$dir" && mkdir -p "$dir"
+		dpkg -x "$deb" "$dir"
+		touch "$dir/.done"
+	fi
+}
+unpack_kernel bookworm-security "$KERNEL_61" 6.1 2>/dev/null || unpack_kernel bookworm "$KERNEL_61" 6.1
+unpack_kernel bookworm-backports "$KERNEL_612" 6.12
+log "guest kernels: $(ls "$CACHE"/kernels/*/boot/vmlinuz-* | xargs -n1 basename | tr '\n' ' ')"
+log "ok"

@@ -1,0 +1,85 @@
+package memregion
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+)
+
+// Kinds of region.
+const (
+	KindDir = "dir" // a directory: tmpfs, /run (soft-reboot), or a disk
+	KindRaw = "raw" // the raw layout on a block device (/dev/pmemN) or a file
+)
+
+// FormatOptions configure Format.
+type FormatOptions struct {
+	// Kind is KindDir or KindRaw; empty picks raw for block devices and
+	// existing regular files, dir otherwise.
+	Kind string
+	// Size creates a raw region file of this size when the file is new.
+	Size int64
+	// Force formats even over a committed checkpoint. Without it, Format
+	// refuses, because that checkpoint may be the only copy of workloads.
+	Force bool
+}
+
+// Format prepares path to hold a region. It refuses to destroy a
+// committed checkpoint unless opts.Force is set.
+func Format(path string, opts FormatOptions) error {
+	kind := opts.Kind
+	if kind == "" {
+		kind = detectKind(path)
+	}
+	if !opts.Force {
+		if r, err := Open(path, Options{}); err == nil {
+			sealed, serr := r.Sealed()
+			r.Close()
+			if sealed || serr != nil {
+				return fmt.Errorf("format %s: %w (release it or pass force)", path, ErrSealed)
+			}
+		}
+	}
+	switch kind {
+	case KindDir:
+		return formatDir(path)
+	case KindRaw:
+		return formatRaw(path, opts.Size)
+	}
+	return fmt.Errorf("format %s: unknown region kind %q", path, kind)
+}
+
+// Open opens a formatted region: a directory, or a device or file with
+// the raw layout. It reads only metadata.
+func Open(path string, opts Options) (*Region, error) {
+	var st store
+	var err error
+	switch detectKind(path) {
+	case KindDir:
+		st, err = openDir(path)
+	default:
+		st, err = openRaw(path)
+	}
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s does not exist", ErrNotFormatted, path)
+		}
+		return nil, err
+	}
+	return &Region{
+		st: st, path: path, log: opts.logger(),
+		writing: map[string]bool{}, names: map[string]bool{},
+	}, nil
+}
+
+func detectKind(path string) string {
+	st, err := os.Stat(path)
+	if err != nil {
+		return KindDir
+	}
+	if st.IsDir() {
+		return KindDir
+	}
+	return KindRaw
+}
