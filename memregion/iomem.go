@@ -141,25 +141,32 @@ func FindReservations() ([]Reservation, error) {
 	return rs, nil
 }
 
-// pmemDeviceFor finds the pmem block device of a legacy namespace through
-// sysfs (namespaceX.Y/resource holds its physical start).
+// pmemDeviceFor finds the pmem block device exposing a legacy range
+// through sysfs: the nd region whose resource (physical start) lies in the
+// range, and the pmem disk of a namespace inside it. (Legacy io namespaces
+// do not show their own resource attribute.)
 func pmemDeviceFor(start, size uint64) string {
-	nss, _ := filepath.Glob("/sys/bus/nd/devices/namespace*")
-	for _, ns := range nss {
-		b, err := os.ReadFile(filepath.Join(ns, "resource"))
-		if err != nil {
+	regions, _ := filepath.Glob("/sys/bus/nd/devices/region*")
+	for _, reg := range regions {
+		v, ok := sysfsHex(filepath.Join(reg, "resource"))
+		if !ok || v < start || v >= start+size {
 			continue
 		}
-		v, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimSpace(string(b)), "0x"), 16, 64)
-		if err != nil || v < start || v >= start+size {
-			continue
-		}
-		blocks, _ := filepath.Glob(filepath.Join(ns, "block", "pmem*"))
+		blocks, _ := filepath.Glob(filepath.Join(reg, "namespace*", "block", "pmem*"))
 		if len(blocks) > 0 {
 			return "/dev/" + filepath.Base(blocks[0])
 		}
 	}
 	return ""
+}
+
+func sysfsHex(p string) (uint64, bool) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimSpace(string(b)), "0x"), 16, 64)
+	return v, err == nil
 }
 
 // Planning constraints.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"log/slog"
 	"os"
@@ -15,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
 )
 
@@ -146,7 +146,7 @@ func (r *Region) Create(name string, sizeHint int64) (*ObjectWriter, error) {
 		r.forget(name)
 		return nil, fmt.Errorf("create %q: %w", name, err)
 	}
-	return &ObjectWriter{r: r, name: name, s: s}, nil
+	return &ObjectWriter{r: r, name: name, s: s, h: xxh3.New()}, nil
 }
 
 func (r *Region) forget(name string) {
@@ -243,11 +243,20 @@ func (r *Region) Release() error {
 		objs = m.Objects
 	}
 	// A corrupt manifest may still be released: it is an explicit call.
-	return r.st.release(objs)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.writing) > 0 {
+		return fmt.Errorf("release: %w", ErrBusy)
+	}
+	if err := r.st.release(objs); err != nil {
+		return err
+	}
+	r.done, r.names = nil, map[string]bool{}
+	return nil
 }
 
 // Verify checks the committed checkpoint: manifest framing, version and
-// checksum, then every object's location, size and CRC32C, reading
+// checksum, then every object's location, size and xxh3 checksum, reading
 // objects in parallel. It returns the manifest, or an error naming every
 // failing object (errors.Join of *ObjectError). It never deletes anything.
 func (r *Region) Verify(ctx context.Context) (*Manifest, error) {
@@ -294,7 +303,7 @@ func (r *Region) verifyObject(ctx context.Context, o ObjectInfo) error {
 }
 
 // OpenObject returns a reader of a committed object that checks the
-// object's size and CRC32C as it goes: the read that reaches the end
+// object's size and xxh3 checksum as it goes: the read that reaches the end
 // returns an *ObjectError instead of io.EOF when they do not match.
 func (r *Region) OpenObject(name string) (io.ReadCloser, error) {
 	m, err := r.Manifest()
@@ -320,7 +329,7 @@ type verifyingReader struct {
 	r   io.Reader
 	o   ObjectInfo
 	n   int64
-	crc uint32
+	h   *xxh3.Hasher
 }
 
 func (v *verifyingReader) Read(p []byte) (int, error) {
@@ -328,7 +337,10 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	n, err := v.r.Read(p)
-	v.crc = crc32.Update(v.crc, castagnoli, p[:n])
+	if v.h == nil {
+		v.h = xxh3.New()
+	}
+	v.h.Write(p[:n])
 	v.n += int64(n)
 	if v.n > v.o.Size {
 		return n, &ObjectError{v.o.Name, fmt.Sprintf("longer than the %d bytes the manifest records", v.o.Size), ErrCorrupt}
@@ -337,21 +349,24 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 		if v.n != v.o.Size {
 			return n, &ObjectError{v.o.Name, fmt.Sprintf("truncated: %d of %d bytes", v.n, v.o.Size), ErrCorrupt}
 		}
-		if v.crc != v.o.CRC32C {
-			return n, &ObjectError{v.o.Name, fmt.Sprintf("checksum mismatch: crc32c %08x, manifest records %08x", v.crc, v.o.CRC32C), ErrCorrupt}
+		if v.h == nil {
+			v.h = xxh3.New()
+		}
+		if sum := v.h.Sum64(); sum != v.o.XXH3 {
+			return n, &ObjectError{v.o.Name, fmt.Sprintf("checksum mismatch: xxh3 %016x, manifest records %016x", sum, v.o.XXH3), ErrCorrupt}
 		}
 	}
 	return n, err
 }
 
-// ObjectWriter streams one object into the region, computing its CRC32C
-// on the way. It is not safe for concurrent use; different writers are.
+// ObjectWriter streams one object into the region, computing its xxh3-64
+// checksum on the way. It is not safe for concurrent use; different writers are.
 type ObjectWriter struct {
 	r    *Region
 	name string
 	s    sink
 	n    int64
-	crc  uint32
+	h    *xxh3.Hasher
 	err  error
 	done bool
 }
@@ -372,7 +387,7 @@ func (w *ObjectWriter) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
 		c := p[:min(len(p), writePiece)]
-		w.crc = crc32.Update(w.crc, castagnoli, c)
+		w.h.Write(c)
 		n, err := w.s.Write(c)
 		written += n
 		w.n += int64(n)
@@ -428,7 +443,7 @@ func (w *ObjectWriter) Close() error {
 	r := w.r
 	r.mu.Lock()
 	delete(r.writing, w.name)
-	r.done = append(r.done, ObjectInfo{Name: w.name, Size: w.n, CRC32C: w.crc, Extents: ext})
+	r.done = append(r.done, ObjectInfo{Name: w.name, Size: w.n, XXH3: w.h.Sum64(), Extents: ext})
 	r.mu.Unlock()
 	return nil
 }

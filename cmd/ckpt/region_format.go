@@ -1,0 +1,41 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/ckpt-dev/ckpt/memregion"
+	"github.com/spf13/cobra"
+)
+
+func newRegionFormatCommand(g *globals) *cobra.Command {
+	var opts memregion.FormatOptions
+	var size string
+	c := &cobra.Command{
+		Use:   "format PATH",
+		Short: "Prepare a directory, file or /dev/pmemN to hold a region",
+		Long: `Prepare PATH to hold a region. A directory (tmpfs, /run, a disk) gets the
+directory layout; a block device such as /dev/pmem0 or a file gets the raw layout.
+Refuses to overwrite a committed checkpoint unless --force is given.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if size != "" {
+				n, err := memregion.ParseSize(size)
+				if err != nil {
+					return usageError{err}
+				}
+				opts.Size = n
+			}
+			if err := memregion.Format(args[0], opts); err != nil {
+				return err
+			}
+			if !g.json {
+				fmt.Fprintf(cmd.OutOrStdout(), "formatted %s\n", args[0])
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&opts.Kind, "kind", "", "dir or raw (default: raw for devices and files)")
+	c.Flags().StringVar(&size, "size", "", "size of a new raw region file")
+	c.Flags().BoolVar(&opts.Force, "force", false, "overwrite a committed checkpoint")
+	return c
+}

@@ -1,0 +1,22 @@
+#!/bin/bash
+# test.sh installs what the tests need (hack/setup.sh, idempotent) and runs
+# every test: formatting, vet, unit tests with -race, the integration tests
+# against real CRIU/runc/QEMU and a real kexec in a QEMU guest, and one
+# iteration of each benchmark so they cannot rot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=/usr/local/sbin:/usr/local/go/bin:$PATH
+
+./hack/setup.sh
+
+echo "== gofmt"
+bad=$(gofmt -l $(git ls-files '*.go'))
+if [ -n "$bad" ]; then echo "not gofmt-clean: $bad"; exit 1; fi
+echo "== go vet"
+go vet ./...
+echo "== unit tests (-race)"
+go test -race -count=1 $(go list ./... | grep -v /integration)
+echo "== integration tests (real CRIU, runc, QEMU, kexec in a QEMU guest)"
+go test -count=1 -v -timeout 60m ./integration/...
+echo "== benchmarks (one iteration each, smoke)"
+go test -run '^$' -bench . -benchtime 1x $(go list ./... | grep -v /integration)
