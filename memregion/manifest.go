@@ -32,7 +32,7 @@ type Manifest struct {
 type ObjectInfo struct {
 	Name    string   `json:"name"`
 	Size    int64    `json:"size"`
-	XXH3    uint64   `json:"xxh3"` // xxh3-64 of the object's bytes
+	XXH3    uint64   `json:"xxh3"`              // xxh3-64 of the object's bytes
 	Extents []Extent `json:"extents,omitempty"` // raw layout only: where the bytes are
 }
 
