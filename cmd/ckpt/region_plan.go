@@ -30,7 +30,11 @@ func newRegionPlanCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res := regionPlanResult{Existing: memregion.Reservations(mm)}
+			existing, err := memregion.FindReservations()
+			if err != nil {
+				return err
+			}
+			res := regionPlanResult{Existing: existing}
 			p, err := memregion.Plan(mm, n)
 			if err != nil {
 				return err
