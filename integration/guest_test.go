@@ -74,9 +74,10 @@ func cpio(t *testing.T, dir, out string, gz bool) {
 }
 
 // guestInitramfs builds the initramfs of a two-stage kexec test: base holds
-// busybox, ckpt, the pmem modules and init; the first stage's initrd is
-// base plus the kernel and base itself, to kexec into.
-func guestInitramfs(t *testing.T, k guestKernel, init string) (first string) {
+// busybox, ckpt, the pmem modules of both kernels (under
+// /lib/modules/<release>/) and init; the first stage's initrd is base plus
+// the next kernel and base itself, to kexec into.
+func guestInitramfs(t *testing.T, first, next guestKernel, init string) string {
 	t.Helper()
 	requireTool(t, "xz")
 	dir := t.TempDir()
@@ -84,12 +85,14 @@ func guestInitramfs(t *testing.T, k guestKernel, init string) (first string) {
 		"bin/busybox": "/bin/busybox",
 		"bin/ckpt":    ckptBinary(t),
 	}
-	for _, m := range pmemModules {
-		src, _ := filepath.Glob(filepath.Join(k.Modules, "kernel", "drivers", "nvdimm", m+".ko*"))
-		if len(src) != 1 {
-			t.Fatalf("module %s not in %s", m, k.Modules)
+	for _, k := range []guestKernel{first, next} {
+		for _, m := range pmemModules {
+			src, _ := filepath.Glob(filepath.Join(k.Modules, "kernel", "drivers", "nvdimm", m+".ko*"))
+			if len(src) != 1 {
+				t.Fatalf("module %s not in %s", m, k.Modules)
+			}
+			files["lib/modules/"+filepath.Base(k.Modules)+"/"+m+".ko"] = src[0]
 		}
-		files["lib/modules/"+m+".ko"] = src[0]
 	}
 	base := filepath.Join(dir, "base")
 	stageTree(t, base, files)
@@ -103,18 +106,18 @@ func guestInitramfs(t *testing.T, k guestKernel, init string) (first string) {
 	cpio(t, base, baseCpio, true)
 
 	extra := filepath.Join(dir, "extra")
-	stageTree(t, extra, map[string]string{"boot/vmlinuz": k.Vmlinuz, "boot/initrd-next": baseCpio})
+	stageTree(t, extra, map[string]string{"boot/vmlinuz": next.Vmlinuz, "boot/initrd-next": baseCpio})
 	extraCpio := filepath.Join(dir, "extra.cpio")
 	cpio(t, extra, extraCpio, false)
 
 	// The kernel unpacks concatenated archives in turn.
 	a, _ := os.ReadFile(baseCpio)
 	b, _ := os.ReadFile(extraCpio)
-	first = filepath.Join(dir, "initrd-first")
-	if err := os.WriteFile(first, append(pad4(a), b...), 0o644); err != nil {
+	out := filepath.Join(dir, "initrd-first")
+	if err := os.WriteFile(out, append(pad4(a), b...), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return first
+	return out
 }
 
 func pad4(b []byte) []byte {

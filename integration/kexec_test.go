@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +21,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 say() { echo "CKPT-$*"; }
 param() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p"; }
-for m in libnvdimm nd_btt nd_pmem nd_e820; do insmod /lib/modules/$m.ko || say "INSMOD-FAILED $m"; done
+for m in libnvdimm nd_btt nd_pmem nd_e820; do insmod /lib/modules/$(uname -r)/$m.ko || say "INSMOD-FAILED $m"; done
 i=0; while [ ! -b /dev/pmem0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 [ -b /dev/pmem0 ] || say "RESULT: FAIL (no /dev/pmem0)"
 case "$(param ckpt.stage)" in
@@ -65,7 +66,7 @@ const kexecCmdline = "console=ttyS0 quiet panic=-1 memmap=256M!1G ckpt.stage=wri
 func TestRegionSurvivesKexec(t *testing.T) {
 	t.Parallel()
 	k := findGuestKernel(t, "6.1")
-	initrd := guestInitramfs(t, k, kexecInit)
+	initrd := guestInitramfs(t, k, k, kexecInit)
 	console := bootGuest(t, k, initrd, "2G", kexecCmdline, 3*time.Minute)
 	for _, want := range []string{"CKPT-STAGE write", "existing reservation: memmap=256M!1G (/dev/pmem0)",
 		"CKPT-KEXEC", "CKPT-STAGE verify", "selftest checkpoint intact"} {
@@ -82,7 +83,7 @@ func TestRegionSurvivesKexec(t *testing.T) {
 func TestCorruptRegionRefusedAfterKexec(t *testing.T) {
 	t.Parallel()
 	k := findGuestKernel(t, "6.1")
-	initrd := guestInitramfs(t, k, kexecInit)
+	initrd := guestInitramfs(t, k, k, kexecInit)
 	console := bootGuest(t, k, initrd, "2G", kexecCmdline+" ckpt.corrupt=1", 3*time.Minute)
 	for _, want := range []string{"CKPT-CORRUPTED", `object "selftest/obj-002": checksum mismatch`, "nothing was deleted"} {
 		if !strings.Contains(console, want) {
@@ -90,4 +91,24 @@ func TestCorruptRegionRefusedAfterKexec(t *testing.T) {
 		}
 	}
 	expectResult(t, console, "REFUSED-KEPT")
+}
+
+// TestRegionSurvivesKernelUpdate is the update itself: the checkpoint is
+// written under Debian 12's 6.1 kernel and verified after a kexec into
+// bookworm-backports' 6.12.
+func TestRegionSurvivesKernelUpdate(t *testing.T) {
+	t.Parallel()
+	old, next := findGuestKernel(t, "6.1"), findGuestKernel(t, "6.12")
+	initrd := guestInitramfs(t, old, next, kexecInit)
+	console := bootGuest(t, old, initrd, "2G", kexecCmdline, 3*time.Minute)
+	for _, want := range []string{
+		"CKPT-STAGE write, kernel " + filepath.Base(old.Modules),
+		"CKPT-STAGE verify, kernel " + filepath.Base(next.Modules),
+		"written by kernel " + filepath.Base(old.Modules),
+	} {
+		if !strings.Contains(console, want) {
+			t.Errorf("console lacks %q", want)
+		}
+	}
+	expectResult(t, console, "PASS")
 }
