@@ -24,6 +24,11 @@ TRIXIE_PKGS=(libc6 libgnutls30t64 libnftables1 libprotobuf-c1 libbsd0 libuuid1
 	libtasn1-6 libnettle8t64 libhogweed6t64 libgmp10 libp11-kit0 libffi8 libmd0)
 HOST_PKGS=(iptables runc busybox-static qemu-system-x86 qemu-utils cpio xz-utils
 	gzip zstd procps iproute2 util-linux e2fsprogs ca-certificates)
+# QEMU 10 from bookworm-backports, unpacked beside bookworm's 7.2 (cpr-reboot,
+# mapped-ram and multifd need >= 9). Its libraries are bookworm's.
+QEMU10_PREFIX=${CKPT_QEMU10_PREFIX:-/opt/ckpt/qemu10}
+QEMU10=/usr/local/bin/qemu10-system-x86_64
+QEMU10_PKGS=(qemu-system-x86 qemu-system-common qemu-system-data)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -117,6 +122,30 @@ if ! $WRAPPER check >"$CACHE/criu-check.log" 2>&1 || ! grep -q 'Looks good' "$CA
 	exit 1
 fi
 log "criu: $($WRAPPER --version | head -1), criu check: Looks good"
+
+# --- QEMU 10 in a private prefix
+if ! "$QEMU10" --version 2>/dev/null | grep -q 'version 10\.'; then
+	log "installing QEMU 10 (bookworm-backports) into $QEMU10_PREFIX"
+	libs=$(for p in "${QEMU10_PKGS[@]:0:2}"; do apt-cache show "$p/bookworm-backports" | awk -F': ' '/^Depends:/{print $2; exit}'; done |
+		tr ',' '\n' | sed 's/(.*//; s/|.*//; s/ //g' | grep -v -E '^(qemu-|seabios|ipxe|libc6$)' | sort -u)
+	# shellcheck disable=SC2086
+	apt-get install -y -qq --no-install-recommends $libs >/dev/null
+	debs=$(download bookworm-backports "${QEMU10_PKGS[@]}")
+	rm -rf "$QEMU10_PREFIX.new" && mkdir -p "$QEMU10_PREFIX.new"
+	for d in $debs; do dpkg -x "$d" "$QEMU10_PREFIX.new"; done
+	# Firmware comes from the host's seabios and ipxe-qemu (qemu-system-x86's deps).
+	ln -sfn /usr/share/seabios "$QEMU10_PREFIX.new/usr/share/seabios"
+	ln -sfn /usr/lib/ipxe "$QEMU10_PREFIX.new/usr/lib/ipxe"
+	rm -rf "$QEMU10_PREFIX" && mv "$QEMU10_PREFIX.new" "$QEMU10_PREFIX"
+	cat >"$QEMU10" <<WRAP
+#!/bin/sh
+# QEMU 10 from bookworm-backports, unpacked by ckpt's hack/setup.sh.
+QEMU_MODULE_DIR=$QEMU10_PREFIX/usr/lib/x86_64-linux-gnu/qemu exec $QEMU10_PREFIX/usr/bin/qemu-system-x86_64 -L $QEMU10_PREFIX/usr/share/qemu "\$@"
+WRAP
+	chmod 755 "$QEMU10"
+fi
+"$QEMU10" --version | grep -q 'version 10\.' || { echo "setup.sh: $QEMU10 does not run" >&2; exit 1; }
+log "qemu: $(qemu-system-x86_64 --version | head -1 | awk '{print $4}') and $($QEMU10 --version | head -1 | awk '{print $4}') ($QEMU10)"
 
 # --- guest kernels, unpacked under the cache (the host's /boot is untouched)
 unpack_kernel() { # suite pkg dir

@@ -127,11 +127,17 @@ func pad4(b []byte) []byte {
 	return b
 }
 
+// Emulators hack/setup.sh installs: bookworm's 7.2 and backports' 10.
+const (
+	qemu7  = "qemu-system-x86_64"
+	qemu10 = "qemu10-system-x86_64"
+)
+
 // bootGuest runs QEMU (TCG) until the guest powers off and returns the
 // serial console.
-func bootGuest(t *testing.T, k guestKernel, initrd, mem, cmdline string, timeout time.Duration) string {
+func bootGuest(t *testing.T, emulator string, k guestKernel, initrd, mem, cmdline string, timeout time.Duration) string {
 	t.Helper()
-	qemu := requireTool(t, "qemu-system-x86_64")
+	qemu := requireTool(t, emulator)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, qemu,

@@ -67,7 +67,7 @@ func TestRegionSurvivesKexec(t *testing.T) {
 	t.Parallel()
 	k := findGuestKernel(t, "6.1")
 	initrd := guestInitramfs(t, k, k, kexecInit)
-	console := bootGuest(t, k, initrd, "2G", kexecCmdline, 3*time.Minute)
+	console := bootGuest(t, qemu7, k, initrd, "2G", kexecCmdline, 3*time.Minute)
 	for _, want := range []string{"CKPT-STAGE write", "existing reservation: memmap=256M!1G (/dev/pmem0)",
 		"CKPT-KEXEC", "CKPT-STAGE verify", "selftest checkpoint intact"} {
 		if !strings.Contains(console, want) {
@@ -84,7 +84,7 @@ func TestCorruptRegionRefusedAfterKexec(t *testing.T) {
 	t.Parallel()
 	k := findGuestKernel(t, "6.1")
 	initrd := guestInitramfs(t, k, k, kexecInit)
-	console := bootGuest(t, k, initrd, "2G", kexecCmdline+" ckpt.corrupt=1", 3*time.Minute)
+	console := bootGuest(t, qemu7, k, initrd, "2G", kexecCmdline+" ckpt.corrupt=1", 3*time.Minute)
 	for _, want := range []string{"CKPT-CORRUPTED", `object "selftest/obj-002": checksum mismatch`, "nothing was deleted"} {
 		if !strings.Contains(console, want) {
 			t.Errorf("console lacks %q", want)
@@ -95,12 +95,12 @@ func TestCorruptRegionRefusedAfterKexec(t *testing.T) {
 
 // TestRegionSurvivesKernelUpdate is the update itself: the checkpoint is
 // written under Debian 12's 6.1 kernel and verified after a kexec into
-// bookworm-backports' 6.12.
+// bookworm-backports' 6.12, in QEMU 10.
 func TestRegionSurvivesKernelUpdate(t *testing.T) {
 	t.Parallel()
 	old, next := findGuestKernel(t, "6.1"), findGuestKernel(t, "6.12")
 	initrd := guestInitramfs(t, old, next, kexecInit)
-	console := bootGuest(t, old, initrd, "2G", kexecCmdline, 3*time.Minute)
+	console := bootGuest(t, qemu10, old, initrd, "2G", kexecCmdline, 3*time.Minute)
 	for _, want := range []string{
 		"CKPT-STAGE write, kernel " + filepath.Base(old.Modules),
 		"CKPT-STAGE verify, kernel " + filepath.Base(next.Modules),
