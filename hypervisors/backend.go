@@ -1,0 +1,70 @@
+package hypervisors
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+)
+
+// Workload is one suspendable unit: a container, a process tree, a VM.
+type Workload struct {
+	ID          string            `json:"id"`      // unique within its backend
+	Kind        string            `json:"kind"`    // "container", "process-tree", "vm"
+	Backend     string            `json:"backend"` // the registering backend's name
+	PID         int               `json:"pid,omitempty"`
+	MemoryBytes int64             `json:"memory_bytes"` // what a dump will write, roughly
+	Attrs       map[string]string `json:"attrs,omitempty"`
+}
+
+// ObjectSink receives a workload's state as named objects. Names are
+// relative to the workload; the engine places them in the region.
+type ObjectSink interface {
+	// Create starts an object; sizeHint is 0 when unknown. The writer must
+	// be closed; a failed object is dropped by the engine's rollback.
+	Create(name string, sizeHint int64) (io.WriteCloser, error)
+}
+
+// ObjectSource gives back the objects a Dump wrote.
+type ObjectSource interface {
+	Names() []string
+	// Open returns a reader that reports corruption as an error at EOF.
+	Open(name string) (io.ReadCloser, error)
+}
+
+// Backend suspends and resumes one family of workloads. Methods take the
+// caller's context and must stop (and leave the workload as it was) when
+// it is done.
+type Backend interface {
+	Name() string
+	// Discover lists the workloads this backend can see now.
+	Discover(ctx context.Context) ([]Workload, error)
+	// Freeze stops the workload cheaply and reversibly.
+	Freeze(ctx context.Context, w Workload) error
+	// Thaw undoes Freeze; it is also the rollback after a Dump.
+	Thaw(ctx context.Context, w Workload) error
+	// Dump writes the frozen workload's state into dst and returns the
+	// recipe Restore needs. The workload stays frozen and alive.
+	Dump(ctx context.Context, w Workload, dst ObjectSink) (json.RawMessage, error)
+	// Finish ends the original workload once its checkpoint is committed.
+	Finish(ctx context.Context, w Workload) error
+	// Restore recreates the workload from a recipe and its objects, running
+	// and managed by its runtime as before.
+	Restore(ctx context.Context, w Workload, recipe json.RawMessage, src ObjectSource) error
+}
+
+// Preflighter says, before anything is frozen, whether a workload can be
+// checkpointed; the error wraps ErrNotCheckpointable and says why.
+type Preflighter interface {
+	Preflight(ctx context.Context, w Workload) error
+}
+
+// PreDumper copies most of a running workload's memory ahead of the
+// freeze; the following Dump writes only what changed since.
+type PreDumper interface {
+	PreDump(ctx context.Context, w Workload, dst ObjectSink) error
+}
+
+// SizeEstimator predicts a Dump's bytes better than Workload.MemoryBytes.
+type SizeEstimator interface {
+	EstimateSize(ctx context.Context, w Workload) (int64, error)
+}

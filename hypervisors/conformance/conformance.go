@@ -1,0 +1,220 @@
+// Package conformance is the test suite every backend passes against real
+// workloads: discovery, freeze/thaw, dump then rollback, and a full round
+// trip through a region (dump, seal, finish, verify, restore).
+package conformance
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/memregion"
+)
+
+// Probe observes one running workload from outside.
+type Probe interface {
+	// Counter returns a value that grows while the workload runs.
+	Counter(t *testing.T) int64
+	// Intact fails the test unless everything that must survive a suspend
+	// (memory contents, children, sockets, …) is as it was.
+	Intact(t *testing.T)
+}
+
+// Harness connects the suite to one backend.
+type Harness struct {
+	Backend hypervisors.Backend
+	// Start starts a fresh workload, returns its ID and a probe, and
+	// arranges its cleanup.
+	Start func(t *testing.T) (string, Probe)
+	// Timeout bounds each step (default 2 minutes).
+	Timeout time.Duration
+}
+
+// Run runs the suite.
+func Run(t *testing.T, h Harness) {
+	if h.Timeout == 0 {
+		h.Timeout = 2 * time.Minute
+	}
+	t.Run("Discover", func(t *testing.T) { testDiscover(t, h) })
+	t.Run("FreezeThaw", func(t *testing.T) { testFreezeThaw(t, h) })
+	t.Run("DumpThenRollback", func(t *testing.T) { testDumpRollback(t, h) })
+	t.Run("RoundTrip", func(t *testing.T) { testRoundTrip(t, h) })
+}
+
+func (h Harness) ctx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), h.Timeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// find returns the workload with id, or fails.
+func find(t *testing.T, ctx context.Context, b hypervisors.Backend, id string) hypervisors.Workload {
+	t.Helper()
+	ws, err := b.Discover(ctx)
+	if err != nil {
+		t.Fatalf("Discover: %v", err)
+	}
+	for _, w := range ws {
+		if w.ID == id {
+			return w
+		}
+	}
+	t.Fatalf("Discover did not find %s among %d workloads", id, len(ws))
+	return hypervisors.Workload{}
+}
+
+func testDiscover(t *testing.T, h Harness) {
+	id, _ := h.Start(t)
+	w := find(t, h.ctx(t), h.Backend, id)
+	if w.Backend != h.Backend.Name() || w.Kind == "" || w.MemoryBytes <= 0 {
+		t.Fatalf("workload %+v: want backend %s, a kind and a memory size", w, h.Backend.Name())
+	}
+}
+
+// stalled checks that the counter does not move over a while.
+func stalled(t *testing.T, p Probe) {
+	t.Helper()
+	a := p.Counter(t)
+	time.Sleep(500 * time.Millisecond)
+	if b := p.Counter(t); b != a {
+		t.Fatalf("counter moved from %d to %d while frozen", a, b)
+	}
+}
+
+// advancing checks that the counter grows past min.
+func advancing(t *testing.T, p Probe, min int64) int64 {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c := p.Counter(t); c > min {
+			return c
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("counter did not grow past %d", min)
+	return 0
+}
+
+func testFreezeThaw(t *testing.T, h Harness) {
+	ctx := h.ctx(t)
+	id, p := h.Start(t)
+	w := find(t, ctx, h.Backend, id)
+	if err := h.Backend.Freeze(ctx, w); err != nil {
+		t.Fatalf("Freeze: %v", err)
+	}
+	frozenAt := p.Counter(t)
+	stalled(t, p)
+	if err := h.Backend.Thaw(ctx, w); err != nil {
+		t.Fatalf("Thaw: %v", err)
+	}
+	advancing(t, p, frozenAt)
+	p.Intact(t)
+}
+
+func newRegion(t *testing.T) *memregion.Region {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "region")
+	if err := memregion.Format(path, memregion.FormatOptions{Kind: memregion.KindDir}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := memregion.Open(path, memregion.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func testDumpRollback(t *testing.T, h Harness) {
+	ctx := h.ctx(t)
+	id, p := h.Start(t)
+	w := find(t, ctx, h.Backend, id)
+	r := newRegion(t)
+	if err := h.Backend.Freeze(ctx, w); err != nil {
+		t.Fatalf("Freeze: %v", err)
+	}
+	frozenAt := p.Counter(t)
+	if _, err := h.Backend.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: w.ID}); err != nil {
+		h.Backend.Thaw(ctx, w)
+		t.Fatalf("Dump: %v", err)
+	}
+	stalled(t, p) // a dump leaves the workload frozen
+	// Rollback: nothing is committed, the original runs on.
+	if err := r.Discard(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Backend.Thaw(ctx, w); err != nil {
+		t.Fatalf("Thaw: %v", err)
+	}
+	advancing(t, p, frozenAt)
+	p.Intact(t)
+	if w2 := find(t, ctx, h.Backend, id); w2.PID != w.PID {
+		t.Fatalf("after rollback the workload is a new process (%d, was %d)", w2.PID, w.PID)
+	}
+}
+
+func testRoundTrip(t *testing.T, h Harness) {
+	ctx := h.ctx(t)
+	id, p := h.Start(t)
+	w := find(t, ctx, h.Backend, id)
+	r := newRegion(t)
+	before := p.Counter(t)
+	if err := h.Backend.Freeze(ctx, w); err != nil {
+		t.Fatalf("Freeze: %v", err)
+	}
+	frozenAt := p.Counter(t)
+	if frozenAt < before {
+		t.Fatalf("counter went back from %d to %d", before, frozenAt)
+	}
+	start := time.Now()
+	recipe, err := h.Backend.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: w.ID})
+	if err != nil {
+		h.Backend.Thaw(ctx, w)
+		t.Fatalf("Dump: %v", err)
+	}
+	dumped := time.Since(start)
+	var objs []string
+	for _, o := range r.Objects() {
+		objs = append(objs, o.Name)
+	}
+	m := &memregion.Manifest{Workloads: []memregion.WorkloadRecord{{
+		ID: w.ID, Kind: w.Kind, Backend: w.Backend, MemoryBytes: w.MemoryBytes, Objects: objs, Restore: recipe}}}
+	if err := r.Seal(ctx, m); err != nil {
+		h.Backend.Thaw(ctx, w)
+		t.Fatalf("Seal: %v", err)
+	}
+	if err := h.Backend.Finish(ctx, w); err != nil {
+		t.Fatalf("Finish: %v", err)
+	}
+	if ws, _ := h.Backend.Discover(ctx); containsID(ws, id) {
+		t.Fatalf("%s still runs after Finish", id)
+	}
+	m, err = r.Verify(ctx)
+	if err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	rec := m.Workloads[0]
+	start = time.Now()
+	src := hypervisors.RegionSource{Region: r, Manifest: m, Prefix: rec.ID}
+	if err := h.Backend.Restore(ctx, w, json.RawMessage(rec.Restore), src); err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	t.Logf("%s: %s dumped in %s, restored in %s", id, memregion.HumanBytes(m.TotalBytes()), dumped.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	find(t, ctx, h.Backend, id)
+	if c := advancing(t, p, frozenAt); c < frozenAt {
+		t.Fatalf("counter restarted: %d < %d", c, frozenAt)
+	}
+	p.Intact(t)
+}
+
+func containsID(ws []hypervisors.Workload, id string) bool {
+	for _, w := range ws {
+		if w.ID == id {
+			return true
+		}
+	}
+	return false
+}

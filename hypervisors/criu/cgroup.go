@@ -1,0 +1,141 @@
+package criu
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	"github.com/containerd/cgroups/v3/cgroup2"
+)
+
+const cgroupRoot = "/sys/fs/cgroup"
+
+// cgroup is a workload's cgroup on a v1 (freezer + memory controllers) or
+// v2 (unified) host.
+type cgroup struct {
+	v1 cgroup1.Cgroup
+	v2 *cgroup2.Manager
+	// freezeFile requests the freeze; eventsFile (v2) or freezeFile (v1)
+	// reports it.
+	freezeFile string
+}
+
+// cgroupOfPID loads the cgroup that holds pid.
+func cgroupOfPID(pid int) (*cgroup, error) {
+	if cgroups.Mode() == cgroups.Unified {
+		g, err := cgroup2.PidGroupPath(pid)
+		if err != nil {
+			return nil, err
+		}
+		return cgroupV2(g)
+	}
+	path := cgroup1.PidPath(pid)
+	fp, err := path(cgroup1.Freezer)
+	if err != nil {
+		return nil, fmt.Errorf("freezer cgroup of pid %d: %w", pid, err)
+	}
+	return cgroupV1(path, fp)
+}
+
+// cgroupOfPath loads a cgroup given as a path below the hierarchy roots,
+// e.g. "/system.slice/foo.service".
+func cgroupOfPath(p string) (*cgroup, error) {
+	if cgroups.Mode() == cgroups.Unified {
+		return cgroupV2(p)
+	}
+	return cgroupV1(cgroup1.StaticPath(p), p)
+}
+
+func cgroupV1(path cgroup1.Path, freezerPath string) (*cgroup, error) {
+	hier := func() ([]cgroup1.Subsystem, error) {
+		return []cgroup1.Subsystem{cgroup1.NewFreezer(cgroupRoot), cgroup1.NewMemory(cgroupRoot)}, nil
+	}
+	cg, err := cgroup1.Load(path, cgroup1.WithHierarchy(hier))
+	if err != nil {
+		return nil, fmt.Errorf("load cgroup %s: %w", freezerPath, err)
+	}
+	return &cgroup{v1: cg, freezeFile: filepath.Join(cgroupRoot, "freezer", freezerPath, "freezer.state")}, nil
+}
+
+func cgroupV2(group string) (*cgroup, error) {
+	m, err := cgroup2.Load(group)
+	if err != nil {
+		return nil, fmt.Errorf("load cgroup %s: %w", group, err)
+	}
+	return &cgroup{v2: m, freezeFile: filepath.Join(cgroupRoot, group, "cgroup.freeze")}, nil
+}
+
+// Freeze requests the freeze and waits for it until ctx is done; then it
+// thaws and returns ctx's error. (cgroups/v3's own Freeze loops without a
+// timeout and rewrites the state while it waits, so a Thaw cannot cancel
+// it; we request once and poll.)
+func (c *cgroup) Freeze(ctx context.Context) error {
+	req := "FROZEN"
+	if c.v2 != nil {
+		req = "1"
+	}
+	if err := os.WriteFile(c.freezeFile, []byte(req), 0); err != nil {
+		return fmt.Errorf("freeze: %w", err)
+	}
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		frozen, err := c.Frozen()
+		if err != nil {
+			c.Thaw()
+			return err
+		}
+		if frozen {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err := c.Thaw(); err != nil {
+				return fmt.Errorf("freeze cancelled (%v), and thaw failed: %w", ctx.Err(), err)
+			}
+			return fmt.Errorf("freeze: %w", ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// Thaw resumes the cgroup's tasks.
+func (c *cgroup) Thaw() error {
+	if c.v2 != nil {
+		return c.v2.Thaw()
+	}
+	return c.v1.Thaw()
+}
+
+// Frozen reports whether every task is frozen.
+func (c *cgroup) Frozen() (bool, error) {
+	if c.v2 != nil {
+		b, err := os.ReadFile(filepath.Join(filepath.Dir(c.freezeFile), "cgroup.events"))
+		if err != nil {
+			return false, err
+		}
+		return strings.Contains(string(b), "frozen 1"), nil
+	}
+	return c.v1.State() == cgroup1.Frozen, nil
+}
+
+// MemoryBytes is the cgroup's current memory use.
+func (c *cgroup) MemoryBytes() (int64, error) {
+	if c.v2 != nil {
+		st, err := c.v2.Stat()
+		if err != nil {
+			return 0, err
+		}
+		return int64(st.GetMemory().GetUsage()), nil
+	}
+	st, err := c.v1.Stat(cgroup1.IgnoreNotExist)
+	if err != nil {
+		return 0, err
+	}
+	return int64(st.GetMemory().GetUsage().GetUsage()), nil
+}

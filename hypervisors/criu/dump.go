@@ -1,0 +1,135 @@
+package criu
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/checkpoint-restore/go-criu/v7/stats"
+	"github.com/ckpt-dev/ckpt/hypervisors"
+)
+
+// recipe is what Restore needs, stored opaque in the manifest.
+type recipe struct {
+	Runtime string     `json:"runtime"` // "runc"
+	Root    string     `json:"root"`
+	ID      string     `json:"id"`
+	Bundle  string     `json:"bundle"`
+	Images  []string   `json:"images"` // object names, relative to the workload
+	TCP     bool       `json:"tcp_established,omitempty"`
+	Stats   *DumpStats `json:"stats,omitempty"`
+}
+
+// DumpStats are CRIU's own numbers for one dump.
+type DumpStats struct {
+	FrozenMicros   uint32 `json:"frozen_us"`
+	MemdumpMicros  uint32 `json:"memdump_us"`
+	MemwriteMicros uint32 `json:"memwrite_us"`
+	PagesWritten   uint64 `json:"pages_written"`
+	ImageBytes     int64  `json:"image_bytes"`
+}
+
+const imagePrefix = "images/"
+
+// Dump checkpoints a frozen container with runc checkpoint --leave-running
+// (the container stays frozen and alive) and streams the images into dst.
+func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervisors.ObjectSink) (json.RawMessage, error) {
+	st, err := r.state(ctx, w.ID)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := r.stage(w.ID, "dump")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
+	args := []string{"checkpoint", "--leave-running", "--image-path", img, "--work-path", work}
+	if r.cfg.TCPEstablished {
+		args = append(args, "--tcp-established")
+	}
+	if _, err := r.runc(ctx, append(args, w.ID)...); err != nil {
+		return nil, &CRIUError{Op: "dump", Workload: w.ID, Log: logTail(filepath.Join(work, "dump.log"), 15), Err: err}
+	}
+	rec := recipe{Runtime: "runc", Root: r.cfg.RuncRoot, ID: w.ID, Bundle: st.Bundle, TCP: r.cfg.TCPEstablished}
+	rec.Stats = dumpStats(img)
+	names, n, err := storeDir(ctx, img, dst)
+	if err != nil {
+		return nil, fmt.Errorf("storing images of %s: %w", w.ID, err)
+	}
+	rec.Images = names
+	if rec.Stats != nil {
+		rec.Stats.ImageBytes = n
+	}
+	r.log.Debug("dumped", "workload", w.ID, "bytes", n, "stats", rec.Stats)
+	return json.Marshal(rec)
+}
+
+func dumpStats(img string) *DumpStats {
+	d, err := os.Open(img)
+	if err != nil {
+		return nil
+	}
+	defer d.Close()
+	s, err := stats.CriuGetDumpStats(d)
+	if err != nil {
+		return nil
+	}
+	return &DumpStats{FrozenMicros: s.GetFreezingTime() + s.GetFrozenTime(), MemdumpMicros: s.GetMemdumpTime(),
+		MemwriteMicros: s.GetMemwriteTime(), PagesWritten: s.GetPagesWritten()}
+}
+
+// storeDir streams every regular file of dir into dst as images/<name>,
+// largest first, and returns the object names and the bytes stored.
+func storeDir(ctx context.Context, dir string, dst hypervisors.ObjectSink) ([]string, int64, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, 0, err
+	}
+	type file struct {
+		name string
+		size int64
+	}
+	var files []file
+	for _, e := range ents {
+		if info, err := e.Info(); err == nil && info.Mode().IsRegular() {
+			files = append(files, file{e.Name(), info.Size()})
+		}
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].size > files[j].size })
+	var names []string
+	var total int64
+	for _, f := range files {
+		if err := ctx.Err(); err != nil {
+			return nil, 0, err
+		}
+		n, err := copyIn(filepath.Join(dir, f.name), imagePrefix+f.name, f.size, dst)
+		if err != nil {
+			return nil, 0, err
+		}
+		names = append(names, imagePrefix+f.name)
+		total += n
+	}
+	return names, total, nil
+}
+
+func copyIn(src, name string, size int64, dst hypervisors.ObjectSink) (int64, error) {
+	f, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	w, err := dst.Create(name, size)
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(w, f)
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	return n, err
+}

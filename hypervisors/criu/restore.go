@@ -1,0 +1,79 @@
+package criu
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/ckpt-dev/ckpt/hypervisors"
+)
+
+// Restore recreates a container with runc restore --detach from the
+// images, so runc manages it again. Its stdout and stderr, pipes whose
+// readers did not survive, are connected to LogDir/<id>.log.
+func (r *Runtime) Restore(ctx context.Context, w hypervisors.Workload, raw json.RawMessage, src hypervisors.ObjectSource) error {
+	var rec recipe
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return fmt.Errorf("restore %s: bad recipe: %w", w.ID, err)
+	}
+	if rec.Runtime != "runc" {
+		return fmt.Errorf("restore %s: runtime %q is not supported", w.ID, rec.Runtime)
+	}
+	if _, err := os.Stat(filepath.Join(rec.Bundle, "config.json")); err != nil {
+		return fmt.Errorf("restore %s: bundle: %w", w.ID, err)
+	}
+	dir, err := r.stage(w.ID, "restore")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
+	if err := os.MkdirAll(img, 0o700); err != nil {
+		return err
+	}
+	for _, name := range rec.Images {
+		if err := copyOut(src, name, filepath.Join(img, strings.TrimPrefix(name, imagePrefix))); err != nil {
+			return fmt.Errorf("restore %s: %w", w.ID, err)
+		}
+	}
+	logf, err := os.OpenFile(filepath.Join(r.cfg.LogDir, rec.ID+".log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	args := []string{"--root", rec.Root, "--criu", r.cfg.CRIU, "restore", "--detach",
+		"--image-path", img, "--work-path", work, "--bundle", rec.Bundle}
+	if rec.TCP {
+		args = append(args, "--tcp-established")
+	}
+	cmd := exec.CommandContext(ctx, r.cfg.Runc, append(args, rec.ID)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, logf, logf
+	if err := cmd.Run(); err != nil {
+		return &CRIUError{Op: "restore", Workload: w.ID, Log: logTail(filepath.Join(work, "restore.log"), 15), Err: err}
+	}
+	return nil
+}
+
+func copyOut(src hypervisors.ObjectSource, name, path string) error {
+	rc, err := src.Open(name)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, rc); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return f.Close()
+}
+
+func readlink(p string) (string, error) { return os.Readlink(p) }

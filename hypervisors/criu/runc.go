@@ -1,0 +1,141 @@
+package criu
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"strings"
+
+	"github.com/ckpt-dev/ckpt/hypervisors"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// runc runs the runtime with our root and CRIU, returning stdout.
+func (r *Runtime) runc(ctx context.Context, args ...string) ([]byte, error) {
+	full := append([]string{"--root", r.cfg.RuncRoot, "--criu", r.cfg.CRIU}, args...)
+	cmd := exec.CommandContext(ctx, r.cfg.Runc, full...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.Bytes(), fmt.Errorf("runc %s: %w: %s", args[0], err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.Bytes(), nil
+}
+
+// runcContainer is one entry of runc list --format json.
+type runcContainer struct {
+	ID     string `json:"id"`
+	PID    int    `json:"pid"`
+	Status string `json:"status"`
+	Bundle string `json:"bundle"`
+}
+
+// Discover lists runc's running and paused containers.
+func (r *Runtime) Discover(ctx context.Context) ([]hypervisors.Workload, error) {
+	out, err := r.runc(ctx, "list", "--format", "json")
+	if err != nil {
+		return nil, err
+	}
+	var cs []runcContainer
+	if len(bytes.TrimSpace(out)) > 0 && !bytes.Equal(bytes.TrimSpace(out), []byte("null")) {
+		if err := json.Unmarshal(out, &cs); err != nil {
+			return nil, fmt.Errorf("runc list: %w", err)
+		}
+	}
+	var ws []hypervisors.Workload
+	for _, c := range cs {
+		if c.Status != string(specs.StateRunning) && c.Status != "paused" {
+			continue
+		}
+		w := hypervisors.Workload{ID: c.ID, Kind: "container", Backend: Name, PID: c.PID,
+			Attrs: map[string]string{"runtime": "runc", "bundle": c.Bundle, "root": r.cfg.RuncRoot}}
+		if cg, err := cgroupOfPID(c.PID); err == nil {
+			w.MemoryBytes, _ = cg.MemoryBytes()
+		}
+		ws = append(ws, w)
+	}
+	return ws, nil
+}
+
+// state returns the runtime's view of one container.
+func (r *Runtime) state(ctx context.Context, id string) (*specs.State, error) {
+	out, err := r.runc(ctx, "state", id)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", hypervisors.ErrNotFound, id, err)
+	}
+	var st specs.State
+	if err := json.Unmarshal(out, &st); err != nil {
+		return nil, fmt.Errorf("runc state %s: %w", id, err)
+	}
+	return &st, nil
+}
+
+func (r *Runtime) cgroup(ctx context.Context, w hypervisors.Workload) (*cgroup, error) {
+	st, err := r.state(ctx, w.ID)
+	if err != nil {
+		return nil, err
+	}
+	if st.Pid == 0 {
+		return nil, fmt.Errorf("%w: %s has no process", hypervisors.ErrNotFound, w.ID)
+	}
+	return cgroupOfPID(st.Pid)
+}
+
+// Freeze implements hypervisors.Backend with the cgroup freezer.
+func (r *Runtime) Freeze(ctx context.Context, w hypervisors.Workload) error {
+	cg, err := r.cgroup(ctx, w)
+	if err != nil {
+		return err
+	}
+	return cg.Freeze(ctx)
+}
+
+// Thaw implements hypervisors.Backend.
+func (r *Runtime) Thaw(ctx context.Context, w hypervisors.Workload) error {
+	cg, err := r.cgroup(ctx, w)
+	if err != nil {
+		return err
+	}
+	return cg.Thaw()
+}
+
+// Finish ends the original container after its checkpoint is committed:
+// SIGKILL is queued while the tasks are frozen, so no user code runs after
+// the dump, then the container is thawed (to die) and deleted.
+func (r *Runtime) Finish(ctx context.Context, w hypervisors.Workload) error {
+	if _, err := r.runc(ctx, "kill", "--all", w.ID, "KILL"); err != nil {
+		return err
+	}
+	if cg, err := r.cgroup(ctx, w); err == nil {
+		cg.Thaw()
+	}
+	_, err := r.runc(ctx, "delete", "--force", w.ID)
+	return err
+}
+
+// Preflight implements hypervisors.Preflighter: the container must exist
+// and its stdio must be something CRIU can restore (a pipe, a terminal,
+// /dev/null); a host file fails the dump with "Can't lookup mount".
+func (r *Runtime) Preflight(ctx context.Context, w hypervisors.Workload) error {
+	st, err := r.state(ctx, w.ID)
+	if err != nil {
+		return err
+	}
+	if st.Bundle == "" {
+		return fmt.Errorf("%w: %s: runc reports no bundle", hypervisors.ErrNotCheckpointable, w.ID)
+	}
+	for fd := 0; fd <= 2; fd++ {
+		target, err := readlink(fmt.Sprintf("/proc/%d/fd/%d", st.Pid, fd))
+		if err != nil {
+			continue
+		}
+		if strings.HasPrefix(target, "/") && !strings.HasPrefix(target, "/dev/") {
+			return fmt.Errorf("%w: %s: fd %d is the host file %s, which CRIU cannot restore; give the container pipes or a terminal",
+				hypervisors.ErrNotCheckpointable, w.ID, fd, target)
+		}
+	}
+	return nil
+}
+

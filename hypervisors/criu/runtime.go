@@ -1,0 +1,132 @@
+// Package criu suspends containers run by an OCI runtime (runc) with CRIU.
+//
+// Containers are frozen with the cgroup freezer (cgroups/v3), dumped with
+// the runtime's own checkpoint (runc checkpoint --leave-running, which
+// drives CRIU) so that the runtime's bookkeeping stays right, and restored
+// with runc restore, after which runc manages the container again (runc
+// list shows it, runc kill works). A dump leaves the container frozen and
+// alive, so rollback is a thaw; the original ends only in Finish, after the
+// checkpoint is committed. go-criu checks CRIU's version and reads CRIU's
+// dump statistics.
+//
+// Images are written by CRIU into a staging directory on tmpfs and then
+// streamed into region objects; restore streams them back. (A CRIU image
+// streamer would remove that copy; see the package notes in README.)
+package criu
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	gocriu "github.com/checkpoint-restore/go-criu/v7"
+	"github.com/ckpt-dev/ckpt/hypervisors"
+)
+
+// Name is the backend's registered name.
+const Name = "criu"
+
+// MinCRIU is the oldest CRIU that works on current kernels: 3.17 fails
+// with "Unexpected rt vDSO area bounds" on kernels >= 6.13 and 4.1 hangs
+// where hardware breakpoints do not work.
+const MinCRIU = 40200
+
+// Config configures the backend. Zero values mean defaults.
+type Config struct {
+	Runc     string // runc binary (default "runc" in PATH)
+	RuncRoot string // runc --root (default /run/runc)
+	CRIU     string // criu binary (default "criu" in PATH)
+	WorkDir  string // staging for images (default /run/ckpt/criu)
+	LogDir   string // restored containers' stdout/stderr (default /var/log/ckpt)
+	// TCPEstablished lets CRIU dump established TCP connections.
+	TCPEstablished bool
+}
+
+func (c Config) withDefaults() Config {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&c.Runc, "runc")
+	def(&c.RuncRoot, "/run/runc")
+	def(&c.CRIU, "criu")
+	def(&c.WorkDir, "/run/ckpt/criu")
+	def(&c.LogDir, "/var/log/ckpt")
+	return c
+}
+
+// Runtime is the criu backend. Its methods are safe for concurrent use on
+// different workloads.
+type Runtime struct {
+	cfg         Config
+	log         *slog.Logger
+	criuVersion int
+}
+
+var (
+	_ hypervisors.Backend     = (*Runtime)(nil)
+	_ hypervisors.Preflighter = (*Runtime)(nil)
+)
+
+func init() {
+	hypervisors.Register(hypervisors.Registration{
+		Name: Name,
+		Init: func(ctx context.Context, ic hypervisors.InitContext) (hypervisors.Backend, error) {
+			cfg := Config{}
+			if v, ok := ic.Config["runc_root"].(string); ok {
+				cfg.RuncRoot = v
+			}
+			return New(ctx, cfg, ic.Logger)
+		},
+	})
+}
+
+// New checks the host (CRIU version, runc present) and returns the
+// backend, or an error wrapping hypervisors.ErrSkipBackend saying why this
+// host cannot run it.
+func New(_ context.Context, cfg Config, log *slog.Logger) (*Runtime, error) {
+	cfg = cfg.withDefaults()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	criuPath, err := exec.LookPath(cfg.CRIU)
+	if err != nil {
+		return nil, fmt.Errorf("%w: criu not found: %v", hypervisors.ErrSkipBackend, err)
+	}
+	cfg.CRIU = criuPath
+	if cfg.Runc, err = exec.LookPath(cfg.Runc); err != nil {
+		return nil, fmt.Errorf("%w: runc not found: %v", hypervisors.ErrSkipBackend, err)
+	}
+	c := gocriu.MakeCriu()
+	c.SetCriuPath(criuPath)
+	v, err := c.GetCriuVersion()
+	if err != nil {
+		return nil, fmt.Errorf("%w: criu %s does not answer: %v", hypervisors.ErrSkipBackend, criuPath, err)
+	}
+	if v < MinCRIU {
+		return nil, fmt.Errorf("%w: criu %d.%d.%d is older than 4.2 (see DESIGN.md)", hypervisors.ErrSkipBackend, v/10000, v/100%100, v%100)
+	}
+	for _, d := range []string{cfg.WorkDir, cfg.LogDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	return &Runtime{cfg: cfg, log: log, criuVersion: v}, nil
+}
+
+// Name implements hypervisors.Backend.
+func (r *Runtime) Name() string { return Name }
+
+// CRIUVersion is CRIU's version as major*10000+minor*100+sub.
+func (r *Runtime) CRIUVersion() int { return r.criuVersion }
+
+func (r *Runtime) stage(id, what string) (string, error) {
+	if err := os.MkdirAll(r.cfg.WorkDir, 0o700); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(r.cfg.WorkDir, filepath.Base(id)+"-"+what+"-")
+}

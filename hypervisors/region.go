@@ -1,0 +1,45 @@
+package hypervisors
+
+import (
+	"io"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/ckpt-dev/ckpt/memregion"
+)
+
+// RegionSink stores a workload's objects in a region under prefix.
+type RegionSink struct {
+	Region *memregion.Region
+	Prefix string // e.g. "criu/web-1"
+}
+
+// Create implements ObjectSink.
+func (s RegionSink) Create(name string, sizeHint int64) (io.WriteCloser, error) {
+	return s.Region.Create(path.Join(s.Prefix, name), sizeHint)
+}
+
+// RegionSource reads a workload's objects from a sealed region.
+type RegionSource struct {
+	Region   *memregion.Region
+	Manifest *memregion.Manifest
+	Prefix   string
+}
+
+// Names implements ObjectSource: object names relative to the prefix.
+func (s RegionSource) Names() []string {
+	var out []string
+	for _, o := range s.Manifest.Objects {
+		if rest, ok := strings.CutPrefix(o.Name, s.Prefix+"/"); ok {
+			out = append(out, rest)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Open implements ObjectSource.
+func (s RegionSource) Open(name string) (io.ReadCloser, error) {
+	return s.Region.OpenObject(path.Join(s.Prefix, name))
+}

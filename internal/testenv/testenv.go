@@ -1,0 +1,100 @@
+// Package testenv holds what ckpt's tests share about their environment:
+// root, tools that hack/setup.sh installs, the repository and its cache,
+// and binaries built once per test process.
+//
+// Outside CI a test whose tool is missing skips and says which; with
+// CI=true it fails, so a missing install step cannot hide behind a skip.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+// InCI reports whether the tests run under CI, where every tool must exist.
+func InCI() bool { return os.Getenv("CI") != "" }
+
+// Missing fails the test in CI and skips it elsewhere, with the reason.
+func Missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf("missing in CI (hack/setup.sh must install it): "+format, args...)
+	}
+	t.Skipf("skipped: "+format+"; run hack/setup.sh", args...)
+}
+
+// RequireRoot needs uid 0.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Getuid() != 0 {
+		Missing(t, "needs root")
+	}
+}
+
+// RequireTool returns the path of a tool in PATH (/usr/local/sbin first,
+// where setup puts the criu wrapper).
+func RequireTool(t testing.TB, name string) string {
+	t.Helper()
+	for _, dir := range []string{"/usr/local/sbin", "/usr/local/bin"} {
+		if p := filepath.Join(dir, name); isExec(p) {
+			return p
+		}
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		Missing(t, "%s not found in PATH", name)
+	}
+	return p
+}
+
+func isExec(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
+}
+
+// RepoRoot is the repository's top directory.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(filepath.Dir(file)))
+}
+
+// CacheDir is where hack/setup.sh caches downloads and unpacks kernels.
+func CacheDir() string {
+	if d := os.Getenv("CKPT_CACHE"); d != "" {
+		return d
+	}
+	return filepath.Join(RepoRoot(), ".cache")
+}
+
+var (
+	buildMu sync.Mutex
+	built   = map[string]string{}
+)
+
+// StaticBinary builds the package pkg (relative to the repository, e.g.
+// "./cmd/ckpt") once per test process, statically, and returns its path.
+func StaticBinary(t testing.TB, pkg string) string {
+	t.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if p, ok := built[pkg]; ok {
+		return p
+	}
+	dir, err := os.MkdirTemp("", "ckpt-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
+	cmd.Dir = RepoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	built[pkg] = out
+	return out
+}

@@ -1,0 +1,102 @@
+// Command testload is the workload ckpt's tests suspend and resume. It
+// holds pseudo-random anonymous memory, counts ticks, keeps a child
+// process, and answers a line protocol on a TCP port:
+//
+//	tick   → "tick N"           (N grows every -tick while it runs)
+//	sum    → "sum OK <crc>" or "sum BAD <crc> <want>" (memory recomputed)
+//	child  → "child <pid> alive|dead"
+//	echo X → "X"
+//
+// A connection stays open for as many lines as the client sends, so a
+// test can keep one established across a suspend.
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"hash/crc32"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+func main() {
+	memMiB := flag.Int("mem", 64, "MiB of pseudo-random anonymous memory to hold")
+	listen := flag.String("listen", "127.0.0.1:0", "TCP address to serve on")
+	tick := flag.Duration("tick", 100*time.Millisecond, "counter period")
+	childCmd := flag.String("child", "/bin/sh -c 'while :; do sleep 1; done'", "child process (empty: none)")
+	flag.Parse()
+
+	buf := make([]byte, *memMiB<<20)
+	rand.NewChaCha8([32]byte{'c', 'k', 'p', 't'}).Read(buf)
+	table := crc32.MakeTable(crc32.Castagnoli)
+	want := crc32.Checksum(buf, table)
+
+	var child *exec.Cmd
+	if *childCmd != "" {
+		child = exec.Command("/bin/sh", "-c", "exec "+*childCmd)
+		if err := child.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, "child:", err)
+			os.Exit(1)
+		}
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "listen:", err)
+		os.Exit(1)
+	}
+	var ticks atomic.Int64
+	fmt.Printf("ready %s mem=%dMiB crc=%08x\n", ln.Addr(), *memMiB, want)
+	go func() {
+		for range time.Tick(*tick) {
+			n := ticks.Add(1)
+			fmt.Printf("tick %d\n", n)
+		}
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			continue
+		}
+		go serve(c, func(cmd string) string {
+			switch {
+			case cmd == "tick":
+				return fmt.Sprintf("tick %d", ticks.Load())
+			case cmd == "sum":
+				got := crc32.Checksum(buf, table)
+				if got == want {
+					return fmt.Sprintf("sum OK %08x", got)
+				}
+				return fmt.Sprintf("sum BAD %08x %08x", got, want)
+			case cmd == "child":
+				if child == nil {
+					return "child 0 dead"
+				}
+				state := "alive"
+				if syscall.Kill(child.Process.Pid, 0) != nil {
+					state = "dead"
+				}
+				return fmt.Sprintf("child %d %s", child.Process.Pid, state)
+			case strings.HasPrefix(cmd, "echo "):
+				return strings.TrimPrefix(cmd, "echo ")
+			}
+			return "unknown " + cmd
+		})
+	}
+}
+
+func serve(c net.Conn, answer func(string) string) {
+	defer c.Close()
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		if _, err := fmt.Fprintln(c, answer(strings.TrimSpace(sc.Text()))); err != nil {
+			return
+		}
+	}
+}
