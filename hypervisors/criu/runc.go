@@ -138,4 +138,3 @@ func (r *Runtime) Preflight(ctx context.Context, w hypervisors.Workload) error {
 	}
 	return nil
 }
-
