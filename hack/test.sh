@@ -15,7 +15,9 @@ if [ -n "$bad" ]; then echo "not gofmt-clean: $bad"; exit 1; fi
 echo "== go vet"
 go vet ./...
 echo "== unit tests (-race)"
-go test -race -count=1 $(go list ./... | grep -v /integration)
+go test -race -count=1 $(go list ./... | grep -v -E '/integration|/hypervisors/')
+echo "== backend tests against real runc containers and CRIU (-race)"
+go test -race -count=1 -v ./hypervisors/...
 echo "== integration tests (real CRIU, runc, QEMU, kexec in a QEMU guest)"
 go test -count=1 -v -timeout 60m ./integration/...
 echo "== benchmarks (one iteration each, smoke)"
