@@ -68,3 +68,22 @@ type PreDumper interface {
 type SizeEstimator interface {
 	EstimateSize(ctx context.Context, w Workload) (int64, error)
 }
+
+// DirectSink is an ObjectSink whose objects can be written in place as
+// files (a directory region), so a tool that writes files (CRIU) needs no
+// copy. Dir fails (memregion.ErrNoDirectAccess) where that is impossible;
+// callers then fall back to Create.
+type DirectSink interface {
+	ObjectSink
+	// Dir returns a directory for objects named sub/<file>.
+	Dir(sub string) (string, error)
+	// Adopt makes a file written under Dir the object name.
+	Adopt(name string) error
+}
+
+// DirectSource is an ObjectSource whose verified objects can be read in
+// place as files.
+type DirectSource interface {
+	ObjectSource
+	Dir(sub string) (string, error)
+}

@@ -43,3 +43,22 @@ func (s RegionSource) Names() []string {
 func (s RegionSource) Open(name string) (io.ReadCloser, error) {
 	return s.Region.OpenObject(path.Join(s.Prefix, name))
 }
+
+var (
+	_ DirectSink   = RegionSink{}
+	_ DirectSource = RegionSource{}
+)
+
+// Dir implements DirectSink.
+func (s RegionSink) Dir(sub string) (string, error) {
+	return s.Region.ObjectDir(path.Join(s.Prefix, sub))
+}
+
+// Adopt implements DirectSink.
+func (s RegionSink) Adopt(name string) error { return s.Region.Adopt(path.Join(s.Prefix, name)) }
+
+// Dir implements DirectSource. The engine verifies the region before any
+// restore, so files read in place are checked.
+func (s RegionSource) Dir(sub string) (string, error) {
+	return s.Region.CommittedDir(path.Join(s.Prefix, sub))
+}

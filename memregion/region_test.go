@@ -395,3 +395,44 @@ func fixHeader(b []byte) {
 	putLE32(b[16:], crc32c(b[manifestHeaderLen:]))
 	putLE32(b[20:], crc32c(b[:20]))
 }
+
+func TestAdopt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r")
+	if err := Format(path, FormatOptions{Kind: KindDir}); err != nil {
+		t.Fatal(err)
+	}
+	r := mustOpen(t, path)
+	dir, err := r.ObjectDir("criu/c1/images")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := randBytes(9, 3<<20)
+	os.WriteFile(filepath.Join(dir, "pages-1.img"), data, 0o600)
+	if err := r.Adopt("criu/c1/images/pages-1.img"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Adopt("criu/c1/images/pages-1.img"); !errors.Is(err, ErrObjectExists) {
+		t.Fatalf("second Adopt: %v", err)
+	}
+	if err := r.Seal(context.Background(), &Manifest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Verify(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cd, err := r.CommittedDir("criu/c1/images")
+	if err != nil || cd != dir {
+		t.Fatalf("CommittedDir = %q, %v; want %q", cd, err, dir)
+	}
+	corruptObjectByte(t, r, "criu/c1/images/pages-1.img", 100)
+	if _, err := r.Verify(context.Background()); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Verify after corruption: %v", err)
+	}
+
+	raw := filepath.Join(t.TempDir(), "raw")
+	Format(raw, FormatOptions{Kind: KindRaw, Size: 64 * MiB})
+	rr := mustOpen(t, raw)
+	if _, err := rr.ObjectDir("x"); !errors.Is(err, ErrNoDirectAccess) {
+		t.Fatalf("raw ObjectDir: %v", err)
+	}
+}

@@ -41,7 +41,11 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Discover", func(t *testing.T) { testDiscover(t, h) })
 	t.Run("FreezeThaw", func(t *testing.T) { testFreezeThaw(t, h) })
 	t.Run("DumpThenRollback", func(t *testing.T) { testDumpRollback(t, h) })
-	t.Run("RoundTrip", func(t *testing.T) { testRoundTrip(t, h) })
+	// Both layouts: a dir region lets backends write files in place
+	// (DirectSink), the raw layout (pmem) makes them stream objects.
+	for _, kind := range []string{memregion.KindDir, memregion.KindRaw} {
+		t.Run("RoundTrip/"+kind, func(t *testing.T) { testRoundTrip(t, h, kind) })
+	}
 }
 
 func (h Harness) ctx(t *testing.T) context.Context {
@@ -114,10 +118,13 @@ func testFreezeThaw(t *testing.T, h Harness) {
 	p.Intact(t)
 }
 
-func newRegion(t *testing.T) *memregion.Region {
+// regionSize is the raw region the suite formats; workloads must fit.
+const regionSize = 2 * memregion.GiB
+
+func newRegion(t *testing.T, kind string) *memregion.Region {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "region")
-	if err := memregion.Format(path, memregion.FormatOptions{Kind: memregion.KindDir}); err != nil {
+	if err := memregion.Format(path, memregion.FormatOptions{Kind: kind, Size: regionSize}); err != nil {
 		t.Fatal(err)
 	}
 	r, err := memregion.Open(path, memregion.Options{})
@@ -132,7 +139,7 @@ func testDumpRollback(t *testing.T, h Harness) {
 	ctx := h.ctx(t)
 	id, p := h.Start(t)
 	w := find(t, ctx, h.Backend, id)
-	r := newRegion(t)
+	r := newRegion(t, memregion.KindDir)
 	if err := h.Backend.Freeze(ctx, w); err != nil {
 		t.Fatalf("Freeze: %v", err)
 	}
@@ -156,11 +163,11 @@ func testDumpRollback(t *testing.T, h Harness) {
 	}
 }
 
-func testRoundTrip(t *testing.T, h Harness) {
+func testRoundTrip(t *testing.T, h Harness, kind string) {
 	ctx := h.ctx(t)
 	id, p := h.Start(t)
 	w := find(t, ctx, h.Backend, id)
-	r := newRegion(t)
+	r := newRegion(t, kind)
 	before := p.Counter(t)
 	if err := h.Backend.Freeze(ctx, w); err != nil {
 		t.Fatalf("Freeze: %v", err)

@@ -36,8 +36,14 @@ func newBackend(t *testing.T, root string) *criu.Runtime {
 	return b
 }
 
+func newBackendTB(t testing.TB, root string) *criu.Runtime {
+	t.Helper()
+	b, _ := newBackendLogs(t, root)
+	return b
+}
+
 // newBackendLogs also returns the directory restored containers log to.
-func newBackendLogs(t *testing.T, root string) (*criu.Runtime, string) {
+func newBackendLogs(t testing.TB, root string) (*criu.Runtime, string) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "iptables-restore")
@@ -60,7 +66,7 @@ func newBackendLogs(t *testing.T, root string) (*criu.Runtime, string) {
 
 // bundle makes an OCI bundle with busybox and testload, sharing the host's
 // network namespace so the test reaches testload's port.
-func bundle(t *testing.T, env []string, args ...string) string {
+func bundle(t testing.TB, env []string, args ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	rootfs := filepath.Join(dir, "rootfs")
@@ -108,7 +114,7 @@ func bundle(t *testing.T, env []string, args ...string) string {
 	return dir
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -131,9 +137,14 @@ var checkpointable = []string{"GODEBUG=multipathtcp=0"}
 
 func startContainer(t *testing.T, root string, env []string) *container {
 	t.Helper()
+	return startContainerTB(t, root, env, testMemMiB)
+}
+
+func startContainerTB(t testing.TB, root string, env []string, memMiB int) *container {
+	t.Helper()
 	port := freePort(t)
 	c := &container{id: fmt.Sprintf("ckpt-test-%d-%d", os.Getpid(), seq.Add(1)), root: root, addr: fmt.Sprintf("127.0.0.1:%d", port)}
-	dir := bundle(t, env, "/bin/testload", "-mem", strconv.Itoa(testMemMiB), "-listen", c.addr)
+	dir := bundle(t, env, "/bin/testload", "-mem", strconv.Itoa(memMiB), "-listen", c.addr)
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)

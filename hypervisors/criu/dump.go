@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
+	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/stats"
 	"github.com/ckpt-dev/ckpt/hypervisors"
@@ -31,6 +33,8 @@ type DumpStats struct {
 	MemwriteMicros uint32 `json:"memwrite_us"`
 	PagesWritten   uint64 `json:"pages_written"`
 	ImageBytes     int64  `json:"image_bytes"`
+	CRIUMicros     int64  `json:"criu_us"`  // wall time of runc checkpoint
+	StoreMicros    int64  `json:"store_us"` // wall time of streaming images into the region
 }
 
 const imagePrefix = "images/"
@@ -48,25 +52,75 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 	}
 	defer os.RemoveAll(dir)
 	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
+	// Where the region keeps objects as files, CRIU writes straight into it.
+	direct := false
+	if ds, ok := dst.(hypervisors.DirectSink); ok {
+		if d, err := ds.Dir(strings.TrimSuffix(imagePrefix, "/")); err == nil {
+			img, direct = d, true
+		}
+	}
 	args := []string{"checkpoint", "--leave-running", "--image-path", img, "--work-path", work}
 	if r.cfg.TCPEstablished {
 		args = append(args, "--tcp-established")
 	}
+	start := time.Now()
 	if _, err := r.runc(ctx, append(args, w.ID)...); err != nil {
+		if direct {
+			os.RemoveAll(img)
+		}
 		return nil, &CRIUError{Op: "dump", Workload: w.ID, Log: logTail(filepath.Join(work, "dump.log"), 15), Err: err}
 	}
+	criuTook := time.Since(start)
 	rec := recipe{Runtime: "runc", Root: r.cfg.RuncRoot, ID: w.ID, Bundle: st.Bundle, TCP: r.cfg.TCPEstablished}
-	rec.Stats = dumpStats(img)
-	names, n, err := storeDir(ctx, img, dst)
+	rec.Stats = dumpStats(work) // runc has CRIU write stats-dump into the work dir
+	start = time.Now()
+	var names []string
+	var n int64
+	if direct {
+		names, n, err = adoptDir(ctx, img, dst.(hypervisors.DirectSink))
+	} else {
+		names, n, err = storeDir(ctx, img, dst)
+	}
 	if err != nil {
+		if direct {
+			os.RemoveAll(img)
+		}
 		return nil, fmt.Errorf("storing images of %s: %w", w.ID, err)
 	}
 	rec.Images = names
-	if rec.Stats != nil {
-		rec.Stats.ImageBytes = n
+	if rec.Stats == nil {
+		rec.Stats = &DumpStats{}
 	}
+	rec.Stats.ImageBytes = n
+	rec.Stats.CRIUMicros = criuTook.Microseconds()
+	rec.Stats.StoreMicros = time.Since(start).Microseconds()
 	r.log.Debug("dumped", "workload", w.ID, "bytes", n, "stats", rec.Stats)
 	return json.Marshal(rec)
+}
+
+// adoptDir turns the image files CRIU wrote into the region into objects.
+func adoptDir(ctx context.Context, dir string, dst hypervisors.DirectSink) ([]string, int64, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, 0, err
+	}
+	var names []string
+	var total int64
+	for _, e := range ents {
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, 0, err
+		}
+		if err := dst.Adopt(imagePrefix + e.Name()); err != nil {
+			return nil, 0, err
+		}
+		names = append(names, imagePrefix+e.Name())
+		total += info.Size()
+	}
+	return names, total, nil
 }
 
 func dumpStats(img string) *DumpStats {

@@ -33,13 +33,8 @@ func (r *Runtime) Restore(ctx context.Context, w hypervisors.Workload, raw json.
 	}
 	defer os.RemoveAll(dir)
 	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
-	if err := os.MkdirAll(img, 0o700); err != nil {
-		return err
-	}
-	for _, name := range rec.Images {
-		if err := copyOut(src, name, filepath.Join(img, strings.TrimPrefix(name, imagePrefix))); err != nil {
-			return fmt.Errorf("restore %s: %w", w.ID, err)
-		}
+	if err := r.stageImages(src, rec.Images, &img); err != nil {
+		return fmt.Errorf("restore %s: %w", w.ID, err)
 	}
 	logf, err := os.OpenFile(filepath.Join(r.cfg.LogDir, rec.ID+".log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
@@ -55,6 +50,26 @@ func (r *Runtime) Restore(ctx context.Context, w hypervisors.Workload, raw json.
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, logf, logf
 	if err := cmd.Run(); err != nil {
 		return &CRIUError{Op: "restore", Workload: w.ID, Log: logTail(filepath.Join(work, "restore.log"), 15), Err: err}
+	}
+	return nil
+}
+
+// stageImages points *img at the images: in place where the source keeps
+// verified objects as files, else copied (and checked) into *img.
+func (r *Runtime) stageImages(src hypervisors.ObjectSource, names []string, img *string) error {
+	if ds, ok := src.(hypervisors.DirectSource); ok {
+		if d, err := ds.Dir(strings.TrimSuffix(imagePrefix, "/")); err == nil {
+			*img = d
+			return nil
+		}
+	}
+	if err := os.MkdirAll(*img, 0o700); err != nil {
+		return err
+	}
+	for _, name := range names {
+		if err := copyOut(src, name, filepath.Join(*img, strings.TrimPrefix(name, imagePrefix))); err != nil {
+			return err
+		}
 	}
 	return nil
 }

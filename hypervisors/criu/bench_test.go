@@ -1,0 +1,208 @@
+package criu_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/hypervisors/criu"
+	"github.com/ckpt-dev/ckpt/memregion"
+)
+
+// benchSizes are the containers' anonymous memory; CKPT_BENCH_LARGE=1
+// adds 4 GiB (it needs about 14 GiB of free memory).
+func benchSizes() []int {
+	s := []int{256, 1024}
+	if os.Getenv("CKPT_BENCH_LARGE") != "" {
+		s = append(s, 4096)
+	}
+	return s
+}
+
+// benchRegion is a dir region on tmpfs.
+func benchRegion(b *testing.B) *memregion.Region {
+	b.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", "ckpt-criu-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	if err := memregion.Format(dir, memregion.FormatOptions{Kind: memregion.KindDir}); err != nil {
+		b.Fatal(err)
+	}
+	r, err := memregion.Open(dir, memregion.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { r.Close() })
+	return r
+}
+
+func startBenchContainer(b *testing.B, root string, mib int) (*container, hypervisors.Workload) {
+	b.Helper()
+	c := startContainerTB(b, root, checkpointable, mib)
+	return c, hypervisors.Workload{ID: c.id, Kind: "container", Backend: criu.Name}
+}
+
+// BenchmarkDumpRestore suspends one container holding the given anonymous
+// memory into a tmpfs-backed region and restores it. Metrics: dump and
+// restore GB/s of image bytes, CRIU's own frozen/memdump/memwrite times
+// and pages written, and memcpy GB/s of the same bytes in the same run.
+func BenchmarkDumpRestore(b *testing.B) {
+	for _, mib := range benchSizes() {
+		b.Run(fmt.Sprintf("mem=%dMiB", mib), func(b *testing.B) {
+			root := filepath.Join(b.TempDir(), "runc")
+			be := newBackendTB(b, root)
+			ctx := context.Background()
+			var dumpT, restoreT, memcpyT time.Duration
+			var bytes int64
+			var st criuStats
+			for range b.N {
+				b.StopTimer()
+				c, w := startBenchContainer(b, root, mib)
+				r := benchRegion(b)
+				b.StartTimer()
+				if err := be.Freeze(ctx, w); err != nil {
+					b.Fatal(err)
+				}
+				start := time.Now()
+				rec, err := be.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: w.ID})
+				if err != nil {
+					b.Fatal(err)
+				}
+				dumpT += time.Since(start)
+				m := &memregion.Manifest{}
+				if err := r.Seal(ctx, m); err != nil {
+					b.Fatal(err)
+				}
+				if err := be.Finish(ctx, w); err != nil {
+					b.Fatal(err)
+				}
+				m, err = r.Manifest()
+				if err != nil {
+					b.Fatal(err)
+				}
+				bytes += m.TotalBytes()
+				st.add(rec)
+				start = time.Now()
+				if err := be.Restore(ctx, w, rec, hypervisors.RegionSource{Region: r, Manifest: m, Prefix: w.ID}); err != nil {
+					b.Fatal(err)
+				}
+				restoreT += time.Since(start)
+				b.StopTimer()
+				memcpyT += memcpyOf(m.TotalBytes())
+				_ = c
+				b.StartTimer()
+			}
+			gbps := func(d time.Duration) float64 { return float64(bytes) / d.Seconds() / 1e9 }
+			b.ReportMetric(gbps(dumpT), "dump-GB/s")
+			b.ReportMetric(gbps(restoreT), "restore-GB/s")
+			b.ReportMetric(gbps(memcpyT), "memcpy-GB/s")
+			st.report(b)
+		})
+	}
+}
+
+// BenchmarkParallelDump dumps two containers one after the other and then
+// both at once, in the same iteration, and reports the speed-up.
+func BenchmarkParallelDump(b *testing.B) {
+	const mib = 512
+	root := filepath.Join(b.TempDir(), "runc")
+	be := newBackendTB(b, root)
+	ctx := context.Background()
+	var seqT, parT time.Duration
+	for range b.N {
+		for _, parallel := range []bool{false, true} {
+			b.StopTimer()
+			_, w1 := startBenchContainer(b, root, mib)
+			_, w2 := startBenchContainer(b, root, mib)
+			r := benchRegion(b)
+			for _, w := range []hypervisors.Workload{w1, w2} {
+				if err := be.Freeze(ctx, w); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StartTimer()
+			start := time.Now()
+			dump := func(w hypervisors.Workload) error {
+				_, err := be.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: w.ID})
+				return err
+			}
+			var errs [2]error
+			if parallel {
+				var wg sync.WaitGroup
+				for i, w := range []hypervisors.Workload{w1, w2} {
+					wg.Add(1)
+					go func() { defer wg.Done(); errs[i] = dump(w) }()
+				}
+				wg.Wait()
+				parT += time.Since(start)
+			} else {
+				errs[0], errs[1] = dump(w1), dump(w2)
+				seqT += time.Since(start)
+			}
+			for _, err := range errs {
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	}
+	b.ReportMetric(seqT.Seconds()/float64(b.N), "sequential-s")
+	b.ReportMetric(parT.Seconds()/float64(b.N), "parallel-s")
+	b.ReportMetric(seqT.Seconds()/parT.Seconds(), "speedup")
+}
+
+type criuStats struct {
+	n                         int
+	frozen, memdump, memwrite float64 // seconds
+	pages                     float64
+	criuWall, store           float64
+}
+
+func (s *criuStats) add(rec json.RawMessage) {
+	var r struct {
+		Stats *criu.DumpStats `json:"stats"`
+	}
+	if json.Unmarshal(rec, &r) != nil || r.Stats == nil {
+		return
+	}
+	s.n++
+	s.frozen += float64(r.Stats.FrozenMicros) / 1e6
+	s.memdump += float64(r.Stats.MemdumpMicros) / 1e6
+	s.memwrite += float64(r.Stats.MemwriteMicros) / 1e6
+	s.pages += float64(r.Stats.PagesWritten)
+	s.criuWall += float64(r.Stats.CRIUMicros) / 1e6
+	s.store += float64(r.Stats.StoreMicros) / 1e6
+}
+
+func (s *criuStats) report(b *testing.B) {
+	if s.n == 0 {
+		return
+	}
+	n := float64(s.n)
+	b.ReportMetric(s.frozen/n*1e3, "criu-frozen-ms")
+	b.ReportMetric(s.memdump/n*1e3, "criu-memdump-ms")
+	b.ReportMetric(s.memwrite/n*1e3, "criu-memwrite-ms")
+	b.ReportMetric(s.pages/n, "criu-pages")
+	b.ReportMetric(s.criuWall/n*1e3, "runc-checkpoint-ms")
+	b.ReportMetric(s.store/n*1e3, "store-ms")
+}
+
+// memcpyOf times a copy of n bytes between pre-touched buffers.
+func memcpyOf(n int64) time.Duration {
+	src, dst := make([]byte, n), make([]byte, n)
+	for i := range src {
+		src[i], dst[i] = byte(i), byte(i)
+	}
+	start := time.Now()
+	copy(dst, src)
+	return time.Since(start)
+}
+

@@ -1,0 +1,101 @@
+package memregion
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/zeebo/xxh3"
+)
+
+// ErrNoDirectAccess means the region keeps objects somewhere a program
+// cannot write as files (the raw layout).
+var ErrNoDirectAccess = errors.New("region: objects are not files")
+
+// ObjectDir returns a directory inside a dir region where a program (CRIU)
+// may write files that Adopt then turns into objects named prefix/<file>,
+// without a copy. The raw layout returns ErrNoDirectAccess. The region
+// must not hold a committed checkpoint. Files left unadopted are the
+// caller's to remove.
+func (r *Region) ObjectDir(prefix string) (string, error) {
+	d, ok := r.st.(*dirStore)
+	if !ok {
+		return "", ErrNoDirectAccess
+	}
+	if err := validName(prefix); err != nil {
+		return "", err
+	}
+	if sealed, err := r.Sealed(); err != nil {
+		return "", err
+	} else if sealed {
+		return "", fmt.Errorf("%w: %s", ErrSealed, r.path)
+	}
+	p := d.objPath(prefix)
+	return p, os.MkdirAll(p, 0o700)
+}
+
+// Adopt makes the file already at ObjectDir's place for name an object,
+// reading it once for its checksum.
+func (r *Region) Adopt(name string) error {
+	d, ok := r.st.(*dirStore)
+	if !ok {
+		return ErrNoDirectAccess
+	}
+	if err := validName(name); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	if r.names[name] {
+		r.mu.Unlock()
+		return fmt.Errorf("%w: %q", ErrObjectExists, name)
+	}
+	r.names[name] = true
+	r.mu.Unlock()
+	info, err := hashFile(d.objPath(name))
+	if err != nil {
+		r.forget(name)
+		return fmt.Errorf("adopt %q: %w", name, err)
+	}
+	info.Name = name
+	r.mu.Lock()
+	r.done = append(r.done, info)
+	r.mu.Unlock()
+	return nil
+}
+
+func hashFile(p string) (ObjectInfo, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	defer f.Close()
+	h := xxh3.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	if err := f.Sync(); err != nil {
+		return ObjectInfo{}, err
+	}
+	return ObjectInfo{Size: n, XXH3: h.Sum64()}, nil
+}
+
+// CommittedDir returns the directory holding the committed objects named
+// prefix/… of a dir region, for programs that read them in place (CRIU
+// restore). Callers must Verify the region first: reading files in place
+// bypasses the per-read checksum of OpenObject.
+func (r *Region) CommittedDir(prefix string) (string, error) {
+	d, ok := r.st.(*dirStore)
+	if !ok {
+		return "", ErrNoDirectAccess
+	}
+	if err := validName(prefix); err != nil {
+		return "", err
+	}
+	if _, err := r.Manifest(); err != nil {
+		return "", err
+	}
+	return filepath.Clean(d.objPath(prefix)), nil
+}
