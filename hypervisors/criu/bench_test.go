@@ -205,4 +205,3 @@ func memcpyOf(n int64) time.Duration {
 	copy(dst, src)
 	return time.Since(start)
 }
-
