@@ -11,4 +11,7 @@ var (
 	// ErrNotCheckpointable is wrapped by a Preflight that finds a workload
 	// that cannot be suspended, with the reason.
 	ErrNotCheckpointable = errors.New("workload cannot be checkpointed")
+	// ErrNotSupported is wrapped by an optional ability (PreDump, …) that
+	// this host cannot provide; the engine goes on without it.
+	ErrNotSupported = errors.New("not supported on this host")
 )

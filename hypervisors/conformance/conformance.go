@@ -6,6 +6,7 @@ package conformance
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
@@ -44,7 +45,12 @@ func Run(t *testing.T, h Harness) {
 	// Both layouts: a dir region lets backends write files in place
 	// (DirectSink), the raw layout (pmem) makes them stream objects.
 	for _, kind := range []string{memregion.KindDir, memregion.KindRaw} {
-		t.Run("RoundTrip/"+kind, func(t *testing.T) { testRoundTrip(t, h, kind) })
+		t.Run("RoundTrip/"+kind, func(t *testing.T) { testRoundTrip(t, h, kind, false) })
+	}
+	if _, ok := h.Backend.(hypervisors.PreDumper); ok {
+		for _, kind := range []string{memregion.KindDir, memregion.KindRaw} {
+			t.Run("PreDumpRoundTrip/"+kind, func(t *testing.T) { testRoundTrip(t, h, kind, true) })
+		}
 	}
 }
 
@@ -163,11 +169,22 @@ func testDumpRollback(t *testing.T, h Harness) {
 	}
 }
 
-func testRoundTrip(t *testing.T, h Harness, kind string) {
+func testRoundTrip(t *testing.T, h Harness, kind string, preDump bool) {
 	ctx := h.ctx(t)
 	id, p := h.Start(t)
 	w := find(t, ctx, h.Backend, id)
 	r := newRegion(t, kind)
+	sink := hypervisors.RegionSink{Region: r, Prefix: w.ID}
+	if preDump {
+		err := h.Backend.(hypervisors.PreDumper).PreDump(ctx, w, sink)
+		if errors.Is(err, hypervisors.ErrNotSupported) {
+			t.Skipf("skipped: this host cannot pre-dump: %v", err)
+		}
+		if err != nil {
+			t.Fatalf("PreDump: %v", err)
+		}
+		advancing(t, p, p.Counter(t)) // still running
+	}
 	before := p.Counter(t)
 	if err := h.Backend.Freeze(ctx, w); err != nil {
 		t.Fatalf("Freeze: %v", err)
@@ -177,7 +194,7 @@ func testRoundTrip(t *testing.T, h Harness, kind string) {
 		t.Fatalf("counter went back from %d to %d", before, frozenAt)
 	}
 	start := time.Now()
-	recipe, err := h.Backend.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: w.ID})
+	recipe, err := h.Backend.Dump(ctx, w, sink)
 	if err != nil {
 		h.Backend.Thaw(ctx, w)
 		t.Fatalf("Dump: %v", err)

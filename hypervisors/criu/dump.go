@@ -22,6 +22,7 @@ type recipe struct {
 	ID      string     `json:"id"`
 	Bundle  string     `json:"bundle"`
 	Images  []string   `json:"images"` // object names, relative to the workload
+	Parent  []string   `json:"parent,omitempty"` // pre-dump object names the images build on
 	TCP     bool       `json:"tcp_established,omitempty"`
 	Stats   *DumpStats `json:"stats,omitempty"`
 }
@@ -60,6 +61,19 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 		}
 	}
 	args := []string{"checkpoint", "--leave-running", "--image-path", img, "--work-path", work}
+	pd := r.pre.take(w.ID)
+	if pd != nil {
+		defer func() {
+			if pd.staging != "" {
+				os.RemoveAll(pd.staging)
+			}
+		}()
+		rel, err := filepath.Rel(img, pd.dir)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "--parent-path", rel)
+	}
 	if r.cfg.TCPEstablished {
 		args = append(args, "--tcp-established")
 	}
@@ -88,6 +102,9 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 		return nil, fmt.Errorf("storing images of %s: %w", w.ID, err)
 	}
 	rec.Images = names
+	if pd != nil {
+		rec.Parent = pd.names
+	}
 	if rec.Stats == nil {
 		rec.Stats = &DumpStats{}
 	}
@@ -100,6 +117,10 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 
 // adoptDir turns the image files CRIU wrote into the region into objects.
 func adoptDir(ctx context.Context, dir string, dst hypervisors.DirectSink) ([]string, int64, error) {
+	return adoptDirAs(ctx, dir, imagePrefix, dst)
+}
+
+func adoptDirAs(ctx context.Context, dir, prefix string, dst hypervisors.DirectSink) ([]string, int64, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, 0, err
@@ -114,10 +135,10 @@ func adoptDir(ctx context.Context, dir string, dst hypervisors.DirectSink) ([]st
 		if err := ctx.Err(); err != nil {
 			return nil, 0, err
 		}
-		if err := dst.Adopt(imagePrefix + e.Name()); err != nil {
+		if err := dst.Adopt(prefix + e.Name()); err != nil {
 			return nil, 0, err
 		}
-		names = append(names, imagePrefix+e.Name())
+		names = append(names, prefix+e.Name())
 		total += info.Size()
 	}
 	return names, total, nil
@@ -140,6 +161,10 @@ func dumpStats(img string) *DumpStats {
 // storeDir streams every regular file of dir into dst as images/<name>,
 // largest first, and returns the object names and the bytes stored.
 func storeDir(ctx context.Context, dir string, dst hypervisors.ObjectSink) ([]string, int64, error) {
+	return storeDirAs(ctx, dir, imagePrefix, dst)
+}
+
+func storeDirAs(ctx context.Context, dir, prefix string, dst hypervisors.ObjectSink) ([]string, int64, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, 0, err
@@ -161,11 +186,11 @@ func storeDir(ctx context.Context, dir string, dst hypervisors.ObjectSink) ([]st
 		if err := ctx.Err(); err != nil {
 			return nil, 0, err
 		}
-		n, err := copyIn(filepath.Join(dir, f.name), imagePrefix+f.name, f.size, dst)
+		n, err := copyIn(filepath.Join(dir, f.name), prefix+f.name, f.size, dst)
 		if err != nil {
 			return nil, 0, err
 		}
-		names = append(names, imagePrefix+f.name)
+		names = append(names, prefix+f.name)
 		total += n
 	}
 	return names, total, nil

@@ -33,7 +33,7 @@ func (r *Runtime) Restore(ctx context.Context, w hypervisors.Workload, raw json.
 	}
 	defer os.RemoveAll(dir)
 	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
-	if err := r.stageImages(src, rec.Images, &img); err != nil {
+	if err := r.stageImages(src, rec, dir, &img); err != nil {
 		return fmt.Errorf("restore %s: %w", w.ID, err)
 	}
 	logf, err := os.OpenFile(filepath.Join(r.cfg.LogDir, rec.ID+".log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
@@ -55,19 +55,34 @@ func (r *Runtime) Restore(ctx context.Context, w hypervisors.Workload, raw json.
 }
 
 // stageImages points *img at the images: in place where the source keeps
-// verified objects as files, else copied (and checked) into *img.
-func (r *Runtime) stageImages(src hypervisors.ObjectSource, names []string, img *string) error {
+// verified objects as files (the "parent" link to a pre-dump is there
+// too), else copied (and checked) under dir, with the link recreated.
+func (r *Runtime) stageImages(src hypervisors.ObjectSource, rec recipe, dir string, img *string) error {
 	if ds, ok := src.(hypervisors.DirectSource); ok {
 		if d, err := ds.Dir(strings.TrimSuffix(imagePrefix, "/")); err == nil {
 			*img = d
 			return nil
 		}
 	}
-	if err := os.MkdirAll(*img, 0o700); err != nil {
+	if err := copyAll(src, rec.Images, imagePrefix, *img); err != nil {
+		return err
+	}
+	if len(rec.Parent) > 0 {
+		parent := filepath.Join(dir, "predump")
+		if err := copyAll(src, rec.Parent, predumpPrefix, parent); err != nil {
+			return err
+		}
+		return os.Symlink("../predump", filepath.Join(*img, "parent"))
+	}
+	return nil
+}
+
+func copyAll(src hypervisors.ObjectSource, names []string, prefix, dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	for _, name := range names {
-		if err := copyOut(src, name, filepath.Join(*img, strings.TrimPrefix(name, imagePrefix))); err != nil {
+		if err := copyOut(src, name, filepath.Join(dir, strings.TrimPrefix(name, prefix))); err != nil {
 			return err
 		}
 	}

@@ -94,6 +94,7 @@ func (r *Runtime) Freeze(ctx context.Context, w hypervisors.Workload) error {
 
 // Thaw implements hypervisors.Backend.
 func (r *Runtime) Thaw(ctx context.Context, w hypervisors.Workload) error {
+	r.pre.drop(w.ID)
 	cg, err := r.cgroup(ctx, w)
 	if err != nil {
 		return err
@@ -105,6 +106,7 @@ func (r *Runtime) Thaw(ctx context.Context, w hypervisors.Workload) error {
 // SIGKILL is queued while the tasks are frozen, so no user code runs after
 // the dump, then the container is thawed (to die) and deleted.
 func (r *Runtime) Finish(ctx context.Context, w hypervisors.Workload) error {
+	r.pre.drop(w.ID)
 	if _, err := r.runc(ctx, "kill", "--all", w.ID, "KILL"); err != nil {
 		return err
 	}

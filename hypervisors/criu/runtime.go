@@ -23,6 +23,8 @@ import (
 	"path/filepath"
 
 	gocriu "github.com/checkpoint-restore/go-criu/v7"
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"google.golang.org/protobuf/proto"
 	"github.com/ckpt-dev/ckpt/hypervisors"
 )
 
@@ -65,6 +67,8 @@ type Runtime struct {
 	cfg         Config
 	log         *slog.Logger
 	criuVersion int
+	memTrack    bool // CRIU can track dirty memory (pre-dump works)
+	pre         predumps // pre-dumps the next Dump builds on, by workload
 }
 
 var (
@@ -115,7 +119,18 @@ func New(_ context.Context, cfg Config, log *slog.Logger) (*Runtime, error) {
 			return nil, err
 		}
 	}
-	return &Runtime{cfg: cfg, log: log, criuVersion: v}, nil
+	c = gocriu.MakeCriu() // one swrk per request
+	c.SetCriuPath(criuPath)
+	feat, err := c.FeatureCheck(&rpc.CriuFeatures{MemTrack: proto.Bool(true)})
+	// CRIU 4.2.1's RPC answer said mem_track=true on a kernel without
+	// CONFIG_MEM_SOFT_DIRTY, where "criu check" (and runc) say tracking is
+	// off; require both.
+	memTrack := err == nil && feat.GetMemTrack() &&
+		exec.Command(criuPath, "check", "--feature", "mem_dirty_track").Run() == nil
+	if !memTrack {
+		log.Info("CRIU cannot track dirty memory here (kernel without CONFIG_MEM_SOFT_DIRTY?): no pre-dump")
+	}
+	return &Runtime{cfg: cfg, log: log, criuVersion: v, memTrack: memTrack}, nil
 }
 
 // Name implements hypervisors.Backend.
