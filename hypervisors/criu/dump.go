@@ -21,7 +21,7 @@ type recipe struct {
 	Root    string     `json:"root"`
 	ID      string     `json:"id"`
 	Bundle  string     `json:"bundle"`
-	Images  []string   `json:"images"` // object names, relative to the workload
+	Images  []string   `json:"images"`           // object names, relative to the workload
 	Parent  []string   `json:"parent,omitempty"` // pre-dump object names the images build on
 	TCP     bool       `json:"tcp_established,omitempty"`
 	Stats   *DumpStats `json:"stats,omitempty"`

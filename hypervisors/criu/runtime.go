@@ -24,8 +24,8 @@ import (
 
 	gocriu "github.com/checkpoint-restore/go-criu/v7"
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
-	"google.golang.org/protobuf/proto"
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"google.golang.org/protobuf/proto"
 )
 
 // Name is the backend's registered name.
@@ -67,7 +67,7 @@ type Runtime struct {
 	cfg         Config
 	log         *slog.Logger
 	criuVersion int
-	memTrack    bool // CRIU can track dirty memory (pre-dump works)
+	memTrack    bool     // CRIU can track dirty memory (pre-dump works)
 	pre         predumps // pre-dumps the next Dump builds on, by workload
 }
 
