@@ -40,10 +40,13 @@ type Backend interface {
 	Discover(ctx context.Context) ([]Workload, error)
 	// Freeze stops the workload cheaply and reversibly.
 	Freeze(ctx context.Context, w Workload) error
-	// Thaw undoes Freeze; it is also the rollback after a Dump.
+	// Thaw undoes Freeze; it is also the rollback after a Dump. Rollback
+	// thaws before it discards what Dump wrote: a backend whose Dump had
+	// to end the workload brings it back from those objects.
 	Thaw(ctx context.Context, w Workload) error
 	// Dump writes the frozen workload's state into dst and returns the
-	// recipe Restore needs. The workload stays frozen and alive.
+	// recipe Restore needs. The workload stays frozen and, where the
+	// backend can, alive (see Thaw).
 	Dump(ctx context.Context, w Workload, dst ObjectSink) (json.RawMessage, error)
 	// Finish ends the original workload once its checkpoint is committed.
 	Finish(ctx context.Context, w Workload) error

@@ -155,12 +155,13 @@ func testDumpRollback(t *testing.T, h Harness) {
 		t.Fatalf("Dump: %v", err)
 	}
 	stalled(t, p) // a dump leaves the workload frozen
-	// Rollback: nothing is committed, the original runs on.
-	if err := r.Discard(); err != nil {
-		t.Fatal(err)
-	}
+	// Rollback: nothing is committed, the original runs on. Thaw comes
+	// before the discard (see hypervisors.Backend.Thaw).
 	if err := h.Backend.Thaw(ctx, w); err != nil {
 		t.Fatalf("Thaw: %v", err)
+	}
+	if err := r.Discard(); err != nil {
+		t.Fatal(err)
 	}
 	advancing(t, p, frozenAt)
 	p.Intact(t)

@@ -139,3 +139,26 @@ func (c *cgroup) MemoryBytes() (int64, error) {
 	}
 	return int64(st.GetMemory().GetUsage().GetUsage()), nil
 }
+
+// Pids lists the processes in the cgroup and its children.
+func (c *cgroup) Pids() ([]int, error) {
+	var pids []int
+	if c.v2 != nil {
+		ps, err := c.v2.Procs(true)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range ps {
+			pids = append(pids, int(p))
+		}
+		return pids, nil
+	}
+	ps, err := c.v1.Processes(cgroup1.Freezer, true)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range ps {
+		pids = append(pids, p.Pid)
+	}
+	return pids, nil
+}

@@ -40,10 +40,22 @@ type DumpStats struct {
 
 const imagePrefix = "images/"
 
-// Dump checkpoints a frozen container with runc checkpoint --leave-running
-// (the container stays frozen and alive) and streams the images into dst.
+// Dump checkpoints a frozen container and writes the images into dst.
+//
+// Normally that is runc checkpoint --leave-running: the container stays
+// frozen and alive, rollback is a thaw and Finish ends it. A container
+// holding established TCP connections is dumped with --tcp-established
+// instead and ended by the dump itself: its sockets are closed while still
+// in repair mode, so the peers see nothing (ending it later would send them
+// a FIN or RST), and CRIU keeps those connections locked with iptables until
+// the restore. Rollback then means restoring it from the images Dump wrote,
+// which Thaw does; the images must outlive the Thaw.
 func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervisors.ObjectSink) (json.RawMessage, error) {
 	st, err := r.state(ctx, w.ID)
+	if err != nil {
+		return nil, err
+	}
+	conns, err := r.connections(ctx, w)
 	if err != nil {
 		return nil, err
 	}
@@ -51,7 +63,12 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
+	keep := false // the staging dir outlives Dump (ended container, raw region)
+	defer func() {
+		if !keep {
+			os.RemoveAll(dir)
+		}
+	}()
 	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
 	// Where the region keeps objects as files, CRIU writes straight into it.
 	direct := false
@@ -60,22 +77,28 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 			img, direct = d, true
 		}
 	}
-	args := []string{"checkpoint", "--leave-running", "--image-path", img, "--work-path", work}
+	args := []string{"checkpoint", "--image-path", img, "--work-path", work}
+	if conns > 0 {
+		args = append(args, "--tcp-established")
+	} else {
+		args = append(args, "--leave-running")
+	}
+	var cleanup []string // what an ended container's Thaw or Finish removes
 	pd := r.pre.take(w.ID)
 	if pd != nil {
-		defer func() {
-			if pd.staging != "" {
-				os.RemoveAll(pd.staging)
-			}
-		}()
+		if pd.staging != "" {
+			cleanup = append(cleanup, pd.staging)
+			defer func() {
+				if !keep {
+					os.RemoveAll(pd.staging)
+				}
+			}()
+		}
 		rel, err := filepath.Rel(img, pd.dir)
 		if err != nil {
 			return nil, err
 		}
 		args = append(args, "--parent-path", rel)
-	}
-	if r.cfg.TCPEstablished {
-		args = append(args, "--tcp-established")
 	}
 	start := time.Now()
 	if _, err := r.runc(ctx, append(args, w.ID)...); err != nil {
@@ -85,7 +108,13 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 		return nil, &CRIUError{Op: "dump", Workload: w.ID, Log: logTail(filepath.Join(work, "dump.log"), 15), Err: err}
 	}
 	criuTook := time.Since(start)
-	rec := recipe{Runtime: "runc", Root: r.cfg.RuncRoot, ID: w.ID, Bundle: st.Bundle, TCP: r.cfg.TCPEstablished}
+	rec := recipe{Runtime: "runc", Root: r.cfg.RuncRoot, ID: w.ID, Bundle: st.Bundle, TCP: conns > 0}
+	if conns > 0 {
+		// The container is gone; from here on its only copy is img.
+		keep = true
+		r.ended.put(w.ID, &ended{rec: rec, img: img, cleanup: append(cleanup, dir)})
+		r.log.Info("dumped with its TCP connections; the container ended with the dump", "workload", w.ID, "connections", conns)
+	}
 	rec.Stats = dumpStats(work) // runc has CRIU write stats-dump into the work dir
 	start = time.Now()
 	var names []string
@@ -96,7 +125,7 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 		names, n, err = storeDir(ctx, img, dst)
 	}
 	if err != nil {
-		if direct {
+		if direct && conns == 0 {
 			os.RemoveAll(img)
 		}
 		return nil, fmt.Errorf("storing images of %s: %w", w.ID, err)
@@ -113,6 +142,19 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 	rec.Stats.StoreMicros = time.Since(start).Microseconds()
 	r.log.Debug("dumped", "workload", w.ID, "bytes", n, "stats", rec.Stats)
 	return json.Marshal(rec)
+}
+
+// connections counts the established TCP connections of w's processes.
+func (r *Runtime) connections(ctx context.Context, w hypervisors.Workload) (int, error) {
+	cg, err := r.cgroup(ctx, w)
+	if err != nil {
+		return 0, err
+	}
+	pids, err := cg.Pids()
+	if err != nil {
+		return 0, fmt.Errorf("processes of %s: %w", w.ID, err)
+	}
+	return establishedTCP(pids)
 }
 
 // adoptDir turns the image files CRIU wrote into the region into objects.

@@ -32,10 +32,20 @@ func (r *Runtime) Restore(ctx context.Context, w hypervisors.Workload, raw json.
 		return err
 	}
 	defer os.RemoveAll(dir)
-	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
+	img := filepath.Join(dir, "images")
 	if err := r.stageImages(src, rec, dir, &img); err != nil {
 		return fmt.Errorf("restore %s: %w", w.ID, err)
 	}
+	return r.restoreFrom(ctx, w, rec, img)
+}
+
+// restoreFrom runs runc restore --detach on the images in img.
+func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec recipe, img string) error {
+	work, err := r.stage(w.ID, "restore-work")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
 	logf, err := os.OpenFile(filepath.Join(r.cfg.LogDir, rec.ID+".log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return err

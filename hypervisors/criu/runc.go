@@ -92,9 +92,15 @@ func (r *Runtime) Freeze(ctx context.Context, w hypervisors.Workload) error {
 	return cg.Freeze(ctx)
 }
 
-// Thaw implements hypervisors.Backend.
+// Thaw implements hypervisors.Backend. A container its Dump ended is
+// restored from the images the Dump wrote.
 func (r *Runtime) Thaw(ctx context.Context, w hypervisors.Workload) error {
 	r.pre.drop(w.ID)
+	if e := r.ended.take(w.ID); e != nil {
+		defer e.remove()
+		r.log.Info("rollback: restoring the container its dump ended", "workload", w.ID)
+		return r.restoreFrom(ctx, w, e.rec, e.img)
+	}
 	cg, err := r.cgroup(ctx, w)
 	if err != nil {
 		return err
@@ -107,6 +113,10 @@ func (r *Runtime) Thaw(ctx context.Context, w hypervisors.Workload) error {
 // the dump, then the container is thawed (to die) and deleted.
 func (r *Runtime) Finish(ctx context.Context, w hypervisors.Workload) error {
 	r.pre.drop(w.ID)
+	if e := r.ended.take(w.ID); e != nil {
+		e.remove() // the dump ended it already
+		return nil
+	}
 	if _, err := r.runc(ctx, "kill", "--all", w.ID, "KILL"); err != nil {
 		return err
 	}

@@ -9,9 +9,13 @@
 // checkpoint is committed. go-criu checks CRIU's version and reads CRIU's
 // dump statistics.
 //
-// Images are written by CRIU into a staging directory on tmpfs and then
-// streamed into region objects; restore streams them back. (A CRIU image
-// streamer would remove that copy; see the package notes in README.)
+// CRIU writes images straight into a directory region and restore reads
+// them there; for a raw region (pmem) they are staged on tmpfs and streamed
+// into region objects, and back at restore.
+//
+// Established TCP connections survive: a container holding some is dumped
+// with --tcp-established and ended by the dump (see Runtime.Dump), and
+// restored with its connections; the peers only see a pause.
 package criu
 
 import (
@@ -43,8 +47,6 @@ type Config struct {
 	CRIU     string // criu binary (default "criu" in PATH)
 	WorkDir  string // staging for images (default /run/ckpt/criu)
 	LogDir   string // restored containers' stdout/stderr (default /var/log/ckpt)
-	// TCPEstablished lets CRIU dump established TCP connections.
-	TCPEstablished bool
 }
 
 func (c Config) withDefaults() Config {
@@ -69,6 +71,7 @@ type Runtime struct {
 	criuVersion int
 	memTrack    bool     // CRIU can track dirty memory (pre-dump works)
 	pre         predumps // pre-dumps the next Dump builds on, by workload
+	ended       endedSet // containers their Dump ended (TCP connections)
 }
 
 var (

@@ -1,0 +1,161 @@
+package criu_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/memregion"
+)
+
+// conversation is one TCP connection to testload kept open throughout.
+type conversation struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func converse(t *testing.T, addr string) *conversation {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &conversation{conn: conn, r: bufio.NewReader(conn)}
+}
+
+func (c *conversation) send(t *testing.T, line string) {
+	t.Helper()
+	c.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintln(c.conn, line); err != nil {
+		t.Fatalf("send %q: %v", line, err)
+	}
+}
+
+// expect reads one answer; TCP retransmits whatever was sent while the
+// container was down, so the answer may take a few seconds.
+func (c *conversation) expect(t *testing.T, want string) {
+	t.Helper()
+	c.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+	got, err := c.r.ReadString('\n')
+	if err != nil || strings.TrimSpace(got) != want {
+		t.Fatalf("on the established connection: got %q, %v; want %q", got, err, want)
+	}
+}
+
+func openRegion(t *testing.T, kind string) *memregion.Region {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "region")
+	if err := memregion.Format(path, memregion.FormatOptions{Kind: kind, Size: memregion.GiB}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := memregion.Open(path, memregion.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// TestEstablishedTCPConnectionSurvives keeps a connection from outside the
+// container open across a suspend and resume, and across a rollback after
+// the dump (which, with a connection, ends the container). The client
+// talks while the container is down; the same connection answers after.
+func TestEstablishedTCPConnectionSurvives(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "runc")
+	b, logs := newBackendLogs(t, root)
+	for _, tc := range []struct {
+		name, kind string
+		resume     bool
+	}{
+		{"resume/dir", memregion.KindDir, true},
+		{"resume/raw", memregion.KindRaw, true},
+		{"rollback/raw", memregion.KindRaw, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			c := startContainerTB(t, root, checkpointable, 64)
+			p := &probe{c: c, logDir: logs}
+			conv := converse(t, c.addr)
+			conv.send(t, "echo before")
+			conv.expect(t, "before")
+			w := hypervisors.Workload{ID: c.id}
+			if err := b.Freeze(ctx, w); err != nil {
+				t.Fatal(err)
+			}
+			frozenAt := p.Counter(t)
+			r := openRegion(t, tc.kind)
+			sink := hypervisors.RegionSink{Region: r, Prefix: c.id}
+			raw, err := b.Dump(ctx, w, sink)
+			if err != nil {
+				b.Thaw(ctx, w)
+				t.Fatalf("Dump: %v", err)
+			}
+			var rec struct {
+				TCP bool `json:"tcp_established"`
+			}
+			if json.Unmarshal(raw, &rec); !rec.TCP {
+				t.Fatalf("recipe %s: the dump did not keep the established connection", raw)
+			}
+			conv.send(t, "echo while-down") // retransmitted until the restore
+			if tc.resume {
+				m := &memregion.Manifest{Workloads: []memregion.WorkloadRecord{{ID: c.id, Backend: criuName, Restore: raw}}}
+				for _, o := range r.Objects() {
+					m.Workloads[0].Objects = append(m.Workloads[0].Objects, o.Name)
+				}
+				if err := r.Seal(ctx, m); err != nil {
+					t.Fatal(err)
+				}
+				if err := b.Finish(ctx, w); err != nil {
+					t.Fatalf("Finish: %v", err)
+				}
+				time.Sleep(time.Second) // the client's segments meet the lock
+				m, err := r.Verify(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				src := hypervisors.RegionSource{Region: r, Manifest: m, Prefix: c.id}
+				if err := b.Restore(ctx, w, json.RawMessage(m.Workloads[0].Restore), src); err != nil {
+					t.Fatalf("Restore: %v", err)
+				}
+			} else {
+				if err := b.Thaw(ctx, w); err != nil {
+					t.Fatalf("Thaw (rollback): %v", err)
+				}
+				if err := r.Discard(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			conv.expect(t, "while-down")
+			conv.send(t, "echo after")
+			conv.expect(t, "after")
+			if n := advancingTB(t, p, frozenAt); n < frozenAt {
+				t.Fatalf("counter restarted")
+			}
+			p.Intact(t)
+		})
+	}
+}
+
+func advancingTB(t *testing.T, p *probe, min int64) int64 {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c := p.Counter(t); c > min {
+			return c
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("counter did not grow past %d", min)
+	return 0
+}
+
+const criuName = "criu"
