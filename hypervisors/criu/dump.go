@@ -51,6 +51,9 @@ const imagePrefix = "images/"
 // the restore. Rollback then means restoring it from the images Dump wrote,
 // which Thaw does; the images must outlive the Thaw.
 func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervisors.ObjectSink) (json.RawMessage, error) {
+	if isTree(w) {
+		return r.dumpTree(ctx, w, dst)
+	}
 	st, err := r.state(ctx, w.ID)
 	if err != nil {
 		return nil, err

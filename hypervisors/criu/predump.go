@@ -59,6 +59,9 @@ func (p *predumps) drop(id string) {
 // --pre-dump) and starts CRIU's dirty-page tracking, so the next Dump,
 // made while frozen, writes only the pages changed since.
 func (r *Runtime) PreDump(ctx context.Context, w hypervisors.Workload, dst hypervisors.ObjectSink) error {
+	if isTree(w) {
+		return fmt.Errorf("pre-dump of %s: %w: pre-dump is implemented for containers only", w.ID, hypervisors.ErrNotSupported)
+	}
 	if !r.memTrack {
 		return fmt.Errorf("pre-dump of %s: %w: CRIU reports no dirty memory tracking (the kernel needs CONFIG_MEM_SOFT_DIRTY)",
 			w.ID, hypervisors.ErrNotSupported)

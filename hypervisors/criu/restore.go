@@ -17,6 +17,9 @@ import (
 // images, so runc manages it again. Its stdout and stderr, pipes whose
 // readers did not survive, are connected to LogDir/<id>.log.
 func (r *Runtime) Restore(ctx context.Context, w hypervisors.Workload, raw json.RawMessage, src hypervisors.ObjectSource) error {
+	if isTree(w) {
+		return r.restoreTree(ctx, w, raw, src)
+	}
 	var rec recipe
 	if err := json.Unmarshal(raw, &rec); err != nil {
 		return fmt.Errorf("restore %s: bad recipe: %w", w.ID, err)

@@ -44,7 +44,7 @@ func (r *Runtime) Discover(ctx context.Context) ([]hypervisors.Workload, error) 
 			return nil, fmt.Errorf("runc list: %w", err)
 		}
 	}
-	var ws []hypervisors.Workload
+	ws := r.discoverTrees()
 	for _, c := range cs {
 		if c.Status != string(specs.StateRunning) && c.Status != "paused" {
 			continue
@@ -73,6 +73,13 @@ func (r *Runtime) state(ctx context.Context, id string) (*specs.State, error) {
 }
 
 func (r *Runtime) cgroup(ctx context.Context, w hypervisors.Workload) (*cgroup, error) {
+	if isTree(w) {
+		cg, err := cgroupOfPath(treePath(w))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", hypervisors.ErrNotFound, w.ID, err)
+		}
+		return cg, nil
+	}
 	st, err := r.state(ctx, w.ID)
 	if err != nil {
 		return nil, err
@@ -98,7 +105,10 @@ func (r *Runtime) Thaw(ctx context.Context, w hypervisors.Workload) error {
 	r.pre.drop(w.ID)
 	if e := r.ended.take(w.ID); e != nil {
 		defer e.remove()
-		r.log.Info("rollback: restoring the container its dump ended", "workload", w.ID)
+		r.log.Info("rollback: restoring the workload its dump ended", "workload", w.ID)
+		if e.tree != nil {
+			return r.restoreTreeFrom(ctx, w, e.tree, e.img)
+		}
 		return r.restoreFrom(ctx, w, e.rec, e.img)
 	}
 	cg, err := r.cgroup(ctx, w)
@@ -117,6 +127,9 @@ func (r *Runtime) Finish(ctx context.Context, w hypervisors.Workload) error {
 		e.remove() // the dump ended it already
 		return nil
 	}
+	if isTree(w) {
+		return r.finishTree(ctx, w)
+	}
 	if _, err := r.runc(ctx, "kill", "--all", w.ID, "KILL"); err != nil {
 		return err
 	}
@@ -131,6 +144,9 @@ func (r *Runtime) Finish(ctx context.Context, w hypervisors.Workload) error {
 // and its stdio must be something CRIU can restore (a pipe, a terminal,
 // /dev/null); a host file fails the dump with "Can't lookup mount".
 func (r *Runtime) Preflight(ctx context.Context, w hypervisors.Workload) error {
+	if isTree(w) {
+		return r.preflightTree(w)
+	}
 	st, err := r.state(ctx, w.ID)
 	if err != nil {
 		return err

@@ -47,6 +47,10 @@ type Config struct {
 	CRIU     string // criu binary (default "criu" in PATH)
 	WorkDir  string // staging for images (default /run/ckpt/criu)
 	LogDir   string // restored containers' stdout/stderr (default /var/log/ckpt)
+	// ProcessTrees are cgroups (paths below the hierarchy root, or globs, e.g.
+	// "/system.slice/foo.service") whose processes form one tree to
+	// suspend as a workload "cgroup:<path>".
+	ProcessTrees []string
 }
 
 func (c Config) withDefaults() Config {
@@ -86,6 +90,13 @@ func init() {
 			cfg := Config{}
 			if v, ok := ic.Config["runc_root"].(string); ok {
 				cfg.RuncRoot = v
+			}
+			if v, ok := ic.Config["process_trees"].([]any); ok {
+				for _, p := range v {
+					if s, ok := p.(string); ok {
+						cfg.ProcessTrees = append(cfg.ProcessTrees, s)
+					}
+				}
 			}
 			return New(ctx, cfg, ic.Logger)
 		},

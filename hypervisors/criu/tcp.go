@@ -74,6 +74,7 @@ func countEstablished(path string, inodes map[string]bool) (int, error) {
 // img, Finish only removes what it left behind.
 type ended struct {
 	rec     recipe
+	tree    *treeRecipe // set for a process tree
 	img     string
 	cleanup []string // staging dirs
 }

@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/hypervisors/criu"
 	"github.com/ckpt-dev/ckpt/memregion"
 )
 
@@ -70,30 +72,41 @@ func openRegion(t *testing.T, kind string) *memregion.Region {
 // talks while the container is down; the same connection answers after.
 func TestEstablishedTCPConnectionSurvives(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "runc")
-	b, logs := newBackendLogs(t, root)
+	b, logs := newBackendLogsCfg(t, root, func(c *criu.Config) {
+		c.ProcessTrees = []string{fmt.Sprintf("/ckpt-tree-%d-*", os.Getpid())}
+	})
 	for _, tc := range []struct {
-		name, kind string
-		resume     bool
+		name, kind   string
+		resume, tree bool
 	}{
-		{"resume/dir", memregion.KindDir, true},
-		{"resume/raw", memregion.KindRaw, true},
-		{"rollback/raw", memregion.KindRaw, false},
+		{"resume/dir", memregion.KindDir, true, false},
+		{"resume/raw", memregion.KindRaw, true, false},
+		{"rollback/raw", memregion.KindRaw, false, false},
+		{"tree/resume/dir", memregion.KindDir, true, true},
+		{"tree/rollback/dir", memregion.KindDir, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			c := startContainerTB(t, root, checkpointable, 64)
-			p := &probe{c: c, logDir: logs}
+			var c *container
+			w := hypervisors.Workload{}
+			if tc.tree {
+				c = startTree(t, 64)
+				w.ID = "cgroup:/" + c.id
+			} else {
+				c = startContainerTB(t, root, checkpointable, 64)
+				w.ID = c.id
+			}
+			p := &probe{c: c, logDir: logs, tree: tc.tree}
 			conv := converse(t, c.addr)
 			conv.send(t, "echo before")
 			conv.expect(t, "before")
-			w := hypervisors.Workload{ID: c.id}
 			if err := b.Freeze(ctx, w); err != nil {
 				t.Fatal(err)
 			}
 			frozenAt := p.Counter(t)
 			r := openRegion(t, tc.kind)
-			sink := hypervisors.RegionSink{Region: r, Prefix: c.id}
+			sink := hypervisors.RegionSink{Region: r, Prefix: "w"}
 			raw, err := b.Dump(ctx, w, sink)
 			if err != nil {
 				b.Thaw(ctx, w)
@@ -107,7 +120,7 @@ func TestEstablishedTCPConnectionSurvives(t *testing.T) {
 			}
 			conv.send(t, "echo while-down") // retransmitted until the restore
 			if tc.resume {
-				m := &memregion.Manifest{Workloads: []memregion.WorkloadRecord{{ID: c.id, Backend: criuName, Restore: raw}}}
+				m := &memregion.Manifest{Workloads: []memregion.WorkloadRecord{{ID: w.ID, Backend: criuName, Restore: raw}}}
 				for _, o := range r.Objects() {
 					m.Workloads[0].Objects = append(m.Workloads[0].Objects, o.Name)
 				}
@@ -122,7 +135,7 @@ func TestEstablishedTCPConnectionSurvives(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				src := hypervisors.RegionSource{Region: r, Manifest: m, Prefix: c.id}
+				src := hypervisors.RegionSource{Region: r, Manifest: m, Prefix: "w"}
 				if err := b.Restore(ctx, w, json.RawMessage(m.Workloads[0].Restore), src); err != nil {
 					t.Fatalf("Restore: %v", err)
 				}

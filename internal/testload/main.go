@@ -9,6 +9,10 @@
 //
 // A connection stays open for as many lines as the client sends, so a
 // test can keep one established across a suspend.
+//
+// "testload -supervise CMD ARGS…" instead runs CMD as a service manager
+// would: as a child subreaper that reaps every orphan at once, so the pids
+// of a killed process tree are free again for CRIU to restore it.
 package main
 
 import (
@@ -24,9 +28,15 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func main() {
+	if len(os.Args) > 2 && os.Args[1] == "-supervise" {
+		supervise(os.Args[2:])
+		return
+	}
 	memMiB := flag.Int("mem", 64, "MiB of pseudo-random anonymous memory to hold")
 	listen := flag.String("listen", "127.0.0.1:0", "TCP address to serve on")
 	tick := flag.Duration("tick", 100*time.Millisecond, "counter period")
@@ -97,6 +107,25 @@ func serve(c net.Conn, answer func(string) string) {
 	for sc.Scan() {
 		if _, err := fmt.Fprintln(c, answer(strings.TrimSpace(sc.Text()))); err != nil {
 			return
+		}
+	}
+}
+
+func supervise(args []string) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "subreaper:", err)
+		os.Exit(1)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "supervise:", err)
+		os.Exit(1)
+	}
+	for {
+		var ws syscall.WaitStatus
+		if _, err := syscall.Wait4(-1, &ws, 0, nil); err == syscall.ECHILD {
+			time.Sleep(100 * time.Millisecond) // nothing left; the test kills us
 		}
 	}
 }

@@ -1,0 +1,103 @@
+package criu_test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ckpt-dev/ckpt/hypervisors/conformance"
+	"github.com/ckpt-dev/ckpt/hypervisors/criu"
+	"github.com/ckpt-dev/ckpt/internal/testenv"
+)
+
+// treeCgroups are the hierarchies a test process tree joins: the freezer
+// and memory controllers on a v1 host, the unified tree on v2.
+func treeCgroups(t testing.TB, name string) []string {
+	t.Helper()
+	if _, err := os.Stat("/sys/fs/cgroup/freezer"); err == nil {
+		return []string{"/sys/fs/cgroup/freezer/" + name, "/sys/fs/cgroup/memory/" + name}
+	}
+	return []string{"/sys/fs/cgroup/" + name}
+}
+
+// startTree runs testload as a plain process tree (its own session, stdout
+// on a pipe, a child process) in a fresh cgroup /<id>.
+func startTree(t *testing.T, memMiB int) *container {
+	t.Helper()
+	port := freePort(t)
+	c := &container{id: fmt.Sprintf("ckpt-tree-%d-%d", os.Getpid(), seq.Add(1)), addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	dirs := treeCgroups(t, c.id)
+	join := ""
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		join += fmt.Sprintf("echo $$ > %s/cgroup.procs; ", d)
+	}
+	bin := testenv.StaticBinary(t, "./internal/testload")
+	// A supervisor outside the cgroup is the tree's parent and reaps its
+	// orphans, as systemd does for a service.
+	cmd := exec.Command(bin, "-supervise", "/bin/sh", "-c", join+"exec "+bin+" -mem "+strconv.Itoa(memMiB)+" -listen "+c.addr)
+	cmd.Env = append(os.Environ(), checkpointable...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	go c.drain(pr)
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		for _, d := range dirs {
+			b, _ := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+		if _, err := os.Stat(dirs[0] + "/freezer.state"); err == nil {
+			os.WriteFile(dirs[0]+"/freezer.state", []byte("THAWED"), 0)
+		}
+		for _, d := range dirs {
+			for i := 0; i < 50 && os.Remove(d) != nil; i++ {
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := c.ask("tick"); err == nil {
+			return c
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("process tree %s did not answer on %s", c.id, c.addr)
+	return nil
+}
+
+// TestProcessTreeConformance runs the suite on plain process trees given
+// to the backend as a cgroup glob.
+func TestProcessTreeConformance(t *testing.T) {
+	b, logs := newBackendLogsCfg(t, filepath.Join(t.TempDir(), "runc"), func(c *criu.Config) {
+		c.ProcessTrees = []string{fmt.Sprintf("/ckpt-tree-%d-*", os.Getpid())}
+	})
+	conformance.Run(t, conformance.Harness{
+		Backend: b,
+		Start: func(t *testing.T) (string, conformance.Probe) {
+			c := startTree(t, testMemMiB)
+			return "cgroup:/" + c.id, &probe{c: c, logDir: logs, tree: true}
+		},
+	})
+}
