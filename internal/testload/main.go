@@ -41,7 +41,12 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "TCP address to serve on")
 	tick := flag.Duration("tick", 100*time.Millisecond, "counter period")
 	childCmd := flag.String("child", "/bin/sh -c 'while :; do sleep 1; done'", "child process (empty: none)")
+	guest := flag.Bool("guest", false, "run as a VM's init: mount /dev, print to the serial console")
+	sumEvery := flag.Duration("sum-every", 0, "also print \"sum OK|BAD\" this often (0: never)")
 	flag.Parse()
+	if *guest {
+		guestInit()
+	}
 
 	buf := make([]byte, *memMiB<<20)
 	rand.NewChaCha8([32]byte{'c', 'k', 'p', 't'}).Read(buf)
@@ -56,19 +61,37 @@ func main() {
 			os.Exit(1)
 		}
 	}
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "listen:", err)
-		os.Exit(1)
-	}
 	var ticks atomic.Int64
-	fmt.Printf("ready %s mem=%dMiB crc=%08x\n", ln.Addr(), *memMiB, want)
 	go func() {
 		for range time.Tick(*tick) {
 			n := ticks.Add(1)
 			fmt.Printf("tick %d\n", n)
 		}
 	}()
+	sum := func() string {
+		got := crc32.Checksum(buf, table)
+		if got == want {
+			return fmt.Sprintf("sum OK %08x", got)
+		}
+		return fmt.Sprintf("sum BAD %08x %08x", got, want)
+	}
+	if *sumEvery > 0 {
+		go func() {
+			for range time.Tick(*sumEvery) {
+				fmt.Println(sum())
+			}
+		}()
+	}
+	if *listen == "" {
+		fmt.Printf("ready mem=%dMiB crc=%08x\n", *memMiB, want)
+		select {}
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "listen:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("ready %s mem=%dMiB crc=%08x\n", ln.Addr(), *memMiB, want)
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -79,11 +102,7 @@ func main() {
 			case cmd == "tick":
 				return fmt.Sprintf("tick %d", ticks.Load())
 			case cmd == "sum":
-				got := crc32.Checksum(buf, table)
-				if got == want {
-					return fmt.Sprintf("sum OK %08x", got)
-				}
-				return fmt.Sprintf("sum BAD %08x %08x", got, want)
+				return sum()
 			case cmd == "child":
 				if child == nil {
 					return "child 0 dead"
@@ -128,4 +147,19 @@ func supervise(args []string) {
 			time.Sleep(100 * time.Millisecond) // nothing left; the test kills us
 		}
 	}
+}
+
+// guestInit makes testload a VM's /init: devtmpfs on /dev and stdout on
+// the first serial port.
+func guestInit() {
+	os.MkdirAll("/dev", 0o755)
+	if err := unix.Mount("devtmpfs", "/dev", "devtmpfs", 0, ""); err != nil && err != unix.EBUSY {
+		fmt.Fprintln(os.Stderr, "mount /dev:", err)
+	}
+	tty, err := os.OpenFile("/dev/ttyS0", os.O_WRONLY, 0)
+	if err != nil {
+		return
+	}
+	unix.Dup2(int(tty.Fd()), 1)
+	unix.Dup2(int(tty.Fd()), 2)
 }

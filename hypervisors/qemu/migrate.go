@@ -1,0 +1,279 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/ckpt-dev/ckpt/hypervisors"
+	"golang.org/x/sys/unix"
+)
+
+// stateObject is the object holding a VM's migration stream.
+const stateObject = "state"
+
+// recipe is what Restore needs, stored opaque in the manifest.
+type recipe struct {
+	ID      string     `json:"id"`
+	Socket  string     `json:"socket"`
+	Launch  launch     `json:"launch"`
+	Running bool       `json:"running"` // continue after the restore
+	QEMU    string     `json:"qemu"`
+	Stats   *Migration `json:"stats,omitempty"`
+}
+
+// Migration is QEMU's own account of a migration (query-migrate).
+type Migration struct {
+	Status      string `json:"status"`
+	TotalTimeMS int64  `json:"total-time"`
+	Setup       int64  `json:"setup-time"`
+	RAM         *struct {
+		Transferred int64   `json:"transferred"`
+		Total       int64   `json:"total"`
+		Duplicate   int64   `json:"duplicate"`
+		Normal      int64   `json:"normal"`
+		Mbps        float64 `json:"mbps"`
+	} `json:"ram,omitempty"`
+	ErrorDesc string `json:"error-desc,omitempty"`
+	WallMS    int64  `json:"wall_ms"` // ckpt's own measurement
+}
+
+// Dump implements hypervisors.Backend: the stopped VM's state goes through
+// a pipe into the object "state". On any failure the migration is
+// cancelled; Thaw continues the VM.
+func (b *Backend) Dump(ctx context.Context, w hypervisors.Workload, dst hypervisors.ObjectSink) (json.RawMessage, error) {
+	v, err := b.vmOf(ctx, w)
+	if err != nil {
+		return nil, err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	l, err := launchOf(v.mon.PID)
+	if err != nil {
+		return nil, fmt.Errorf("dump %s: %w", w.ID, err)
+	}
+	wd, err := b.describe(ctx, v)
+	if err != nil {
+		return nil, err
+	}
+	// Raise the bandwidth limit; Thaw puts the old one back.
+	var params map[string]json.RawMessage
+	if err := v.mon.Execute(ctx, "query-migrate-parameters", nil, &params); err != nil {
+		return nil, err
+	}
+	if v.bandwidth == nil {
+		v.bandwidth = params["max-bandwidth"]
+	}
+	if err := v.mon.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": b.cfg.MaxBandwidth}, nil); err != nil {
+		return nil, err
+	}
+	obj, err := dst.Create(stateObject, wd.MemoryBytes)
+	if err != nil {
+		return nil, err
+	}
+	stats, err := b.migrateOut(ctx, v, obj)
+	if cerr := obj.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("storing state of %s: %w", w.ID, cerr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	rec := recipe{ID: w.ID, Socket: v.socket, Launch: l, Running: v.wasRunning, QEMU: wd.Attrs["qemu"], Stats: stats}
+	b.log.Debug("dumped VM", "workload", w.ID, "stats", stats)
+	return json.Marshal(rec)
+}
+
+// migrateOut sends the VM's state into w and waits for QEMU to finish.
+func (b *Backend) migrateOut(ctx context.Context, v *vm, w interface{ Write([]byte) (int, error) }) (*Migration, error) {
+	r, pw, err := pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	const fdname = "ckpt-migrate-out"
+	err = v.mon.ExecuteWithFile(ctx, "getfd", map[string]string{"fdname": fdname}, pw)
+	pw.Close() // QEMU holds its own copy; EOF comes when QEMU closes it
+	if err != nil {
+		return nil, err
+	}
+	copied := copyErr(w, r)
+	start := time.Now()
+	if err := v.mon.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + fdname}, nil); err != nil {
+		v.mon.Execute(context.Background(), "closefd", map[string]string{"fdname": fdname}, nil)
+		return nil, err
+	}
+	m, err := b.waitMigration(ctx, v, "migration out")
+	if err != nil {
+		v.mon.Execute(context.WithoutCancel(ctx), "migrate_cancel", nil, nil)
+		r.Close() // unblocks QEMU's writes and the copy
+		<-copied
+		return m, err
+	}
+	if err := <-copied; err != nil {
+		return m, fmt.Errorf("copying the migration stream: %w", err)
+	}
+	m.WallMS = time.Since(start).Milliseconds()
+	return m, nil
+}
+
+// waitMigration polls query-migrate until the migration ends.
+func (b *Backend) waitMigration(ctx context.Context, v *vm, what string) (*Migration, error) {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var m Migration
+		if err := v.mon.Execute(ctx, "query-migrate", nil, &m); err != nil {
+			return nil, err
+		}
+		switch m.Status {
+		case "completed":
+			return &m, nil
+		case "failed", "cancelled":
+			return &m, fmt.Errorf("%s %s: %s", what, m.Status, m.ErrorDesc)
+		}
+		select {
+		case <-ctx.Done():
+			return &m, fmt.Errorf("%s: %w", what, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// pipe returns a pipe with a 1 MiB buffer (fewer wakeups for a GB stream).
+func pipe() (*os.File, *os.File, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, 1<<20)
+	return r, w, nil
+}
+
+// Restore implements hypervisors.Backend: start QEMU with the recorded
+// command line plus -incoming defer, feed it the state, continue it. The
+// new QEMU runs detached from ckpt; its output goes to LogDir/<id>.log.
+// If the state object turns out corrupt, the new QEMU is ended and the
+// error says so; the region keeps the images.
+func (b *Backend) Restore(ctx context.Context, w hypervisors.Workload, raw json.RawMessage, src hypervisors.ObjectSource) error {
+	var rec recipe
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return fmt.Errorf("restore %s: bad recipe: %w", w.ID, err)
+	}
+	obj, err := src.Open(stateObject)
+	if err != nil {
+		return fmt.Errorf("restore %s: %w", w.ID, err)
+	}
+	defer obj.Close()
+	cmd, err := b.relaunch(rec)
+	if err != nil {
+		return fmt.Errorf("restore %s: %w", w.ID, err)
+	}
+	fail := func(err error) error {
+		cmd.Process.Kill()
+		b.forget(rec.Socket)
+		return fmt.Errorf("restore %s: %w", w.ID, err)
+	}
+	v, err := b.waitSocket(ctx, rec.Socket, cmd)
+	if err != nil {
+		return fail(err)
+	}
+	pr, pw, err := pipe()
+	if err != nil {
+		return fail(err)
+	}
+	const fdname = "ckpt-migrate-in"
+	err = v.mon.ExecuteWithFile(ctx, "getfd", map[string]string{"fdname": fdname}, pr)
+	pr.Close()
+	if err != nil {
+		pw.Close()
+		return fail(err)
+	}
+	copied := make(chan error, 1)
+	go func() {
+		e := <-copyErr(pw, obj)
+		pw.Close() // EOF for QEMU
+		copied <- e
+	}()
+	if err := v.mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + fdname}, nil); err != nil {
+		return fail(err) // the kill ends the copy (EPIPE)
+	}
+	m, err := b.waitMigration(ctx, v, "migration in")
+	if cerr := <-copied; cerr != nil && err == nil {
+		err = fmt.Errorf("state object: %w", cerr)
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if rec.Running {
+		if err := v.mon.Execute(ctx, "cont", nil, nil); err != nil {
+			return fail(err)
+		}
+	}
+	b.log.Debug("restored VM", "workload", w.ID, "pid", cmd.Process.Pid, "migration", m)
+	b.forget(rec.Socket) // leave the socket to the operator's tools
+	return nil
+}
+
+// relaunch starts QEMU again, detached, waiting for an incoming migration.
+func (b *Backend) relaunch(rec recipe) (*exec.Cmd, error) {
+	argv := incomingArgv(rec.Launch.Argv)
+	if st, err := os.Stat(rec.Socket); err == nil && st.Mode()&os.ModeSocket != 0 {
+		os.Remove(rec.Socket) // stale: its QEMU has quit
+	}
+	logf, err := os.OpenFile(filepath.Join(b.cfg.LogDir, filepath.Base(rec.ID)+".log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir, cmd.Env = rec.Launch.Dir, rec.Launch.Env
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	go cmd.Wait() // reap it whenever it ends
+	return cmd, nil
+}
+
+// incomingArgv is argv without -incoming/-daemonize, plus -incoming defer.
+func incomingArgv(argv []string) []string {
+	out := []string{argv[0]}
+	for i := 1; i < len(argv); i++ {
+		switch argv[i] {
+		case "-incoming", "--incoming":
+			i++ // and its value
+			continue
+		case "-daemonize", "--daemonize":
+			continue
+		}
+		out = append(out, argv[i])
+	}
+	return append(out, "-incoming", "defer")
+}
+
+// waitSocket connects to a relaunched QEMU's QMP socket.
+func (b *Backend) waitSocket(ctx context.Context, socket string, cmd *exec.Cmd) (*vm, error) {
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.StartTimeout)
+	defer cancel()
+	for {
+		v, err := b.monitor(ctx, socket)
+		if err == nil {
+			return v, nil
+		}
+		if !processAlive(cmd.Process.Pid) {
+			return nil, fmt.Errorf("QEMU exited at start (see %s)", b.cfg.LogDir)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, errors.Join(ctx.Err(), err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

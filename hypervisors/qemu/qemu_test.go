@@ -1,0 +1,265 @@
+package qemu_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/hypervisors/conformance"
+	"github.com/ckpt-dev/ckpt/hypervisors/qemu"
+	"github.com/ckpt-dev/ckpt/internal/testenv"
+)
+
+// guestDataMiB is the pseudo-random memory the guest's init holds and
+// re-checksums every two seconds.
+const guestDataMiB = 128
+
+var seq atomic.Int64
+
+// guestKernel is the Debian 6.1 kernel hack/setup.sh unpacks.
+func guestKernel(t testing.TB) string {
+	t.Helper()
+	vm, _ := filepath.Glob(filepath.Join(testenv.CacheDir(), "kernels", "6.1", "boot", "vmlinuz-*"))
+	if len(vm) != 1 {
+		testenv.Missing(t, "Debian 6.1 guest kernel not unpacked under %s (run hack/setup.sh)", testenv.CacheDir())
+	}
+	return vm[0]
+}
+
+var (
+	initrdOnce sync.Once
+	initrdPath string
+	initrdErr  error
+)
+
+// guestInitrd is an initramfs whose /init is testload in guest mode.
+func guestInitrd(t testing.TB) string {
+	t.Helper()
+	bin := testenv.StaticBinary(t, "./internal/testload")
+	initrdOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "ckpt-guest-")
+		if err != nil {
+			initrdErr = err
+			return
+		}
+		root := filepath.Join(dir, "root")
+		os.MkdirAll(filepath.Join(root, "dev"), 0o755)
+		b, err := os.ReadFile(bin)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(root, "init"), b, 0o755)
+		}
+		if err != nil {
+			initrdErr = err
+			return
+		}
+		initrdPath = filepath.Join(dir, "initrd.cpio")
+		cmd := exec.Command("sh", "-c", "find . | cpio -o -H newc --quiet > "+initrdPath)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			initrdErr = fmt.Errorf("cpio: %v: %s", err, out)
+		}
+	})
+	if initrdErr != nil {
+		t.Fatal(initrdErr)
+	}
+	return initrdPath
+}
+
+// guest is one QEMU VM started by a test.
+type guest struct {
+	id, socket, console string
+}
+
+// startGuest boots a TCG VM with QMP on a socket in sockDir.
+func startGuest(t testing.TB, emulator, sockDir string, memMiB int) *guest {
+	t.Helper()
+	testenv.RequireTool(t, "cpio")
+	g := &guest{id: fmt.Sprintf("ckpt-vm-%d-%d", os.Getpid(), seq.Add(1))}
+	g.socket = filepath.Join(sockDir, g.id+".qmp")
+	g.console = filepath.Join(t.TempDir(), "console.log")
+	cmdline := fmt.Sprintf("console=ttyS0 quiet panic=-1 rdinit=/init -- -guest -child= -listen= -mem %d -tick 100ms -sum-every 2s", guestDataMiB)
+	args := []string{"-name", "guest=" + g.id, "-machine", "pc", "-m", strconv.Itoa(memMiB) + "M", "-nodefaults", "-display", "none",
+		"-no-reboot", "-kernel", guestKernel(t), "-initrd", guestInitrd(t), "-append", cmdline,
+		"-chardev", "file,id=ser0,path=" + g.console + ",append=on", "-serial", "chardev:ser0",
+		"-qmp", "unix:" + g.socket + ",server=on,wait=off"}
+	cmd := exec.Command(emulator, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go cmd.Wait()
+	t.Cleanup(func() { killBySocket(g.socket) })
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		if g.ticks() > 0 {
+			return g
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(g.console)
+	t.Fatalf("guest %s did not start ticking; console:\n%s", g.id, tailLines(string(b), 20))
+	return nil
+}
+
+// killBySocket ends every QEMU whose command line names socket (the
+// original and any relaunched one).
+func killBySocket(socket string) {
+	ps, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range ps {
+		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), socket) {
+			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
+}
+
+func tailLines(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
+
+// ticks is the last counter value on the serial console.
+func (g *guest) ticks() int64 {
+	f, err := os.Open(g.console)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	var n int64
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "tick "); ok {
+			if x, err := strconv.ParseInt(v, 10, 64); err == nil && x > n {
+				n = x
+			}
+		}
+	}
+	return n
+}
+
+// probe implements conformance.Probe for a guest.
+type probe struct {
+	g *guest
+	b *qemu.Backend
+}
+
+func (p *probe) Counter(t *testing.T) int64 { return p.g.ticks() }
+
+// Intact waits for the guest's next checksum of its memory, and checks
+// that the VM is back behind its QMP socket and running.
+func (p *probe) Intact(t *testing.T) {
+	t.Helper()
+	fi, err := os.Stat(p.g.console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := fi.Size()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, _ := os.ReadFile(p.g.console)
+		if int64(len(b)) > from {
+			fresh := string(b[from:])
+			if strings.Contains(fresh, "sum BAD") {
+				t.Fatalf("guest memory changed: %s", tailLines(fresh, 5))
+			}
+			if strings.Contains(fresh, "sum OK") {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("guest printed no checksum within 30s; console:\n%s", tailLines(string(b), 10))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, err := p.b.Discover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range ws {
+		if w.ID == p.g.id {
+			if w.Attrs["status"] != "running" {
+				t.Fatalf("VM %s is %s, want running", w.ID, w.Attrs["status"])
+			}
+			return
+		}
+	}
+	t.Fatalf("VM %s is not behind its QMP socket %s", p.g.id, p.g.socket)
+}
+
+// emulators are the QEMUs hack/setup.sh installs: bookworm's 7.2 and
+// backports' 10.0 (wrapper).
+func emulators(t *testing.T) map[string]string {
+	return map[string]string{
+		"qemu7":  testenv.RequireTool(t, "qemu-system-x86_64"),
+		"qemu10": testenv.RequireTool(t, "qemu10-system-x86_64"),
+	}
+}
+
+func newBackend(t *testing.T, sockDir string) *qemu.Backend {
+	t.Helper()
+	b, err := qemu.New(qemu.Config{SocketDir: sockDir, LogDir: t.TempDir()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestConformance(t *testing.T) {
+	testenv.RequireRoot(t)
+	for name, emu := range emulators(t) {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			sockDir := t.TempDir()
+			b := newBackend(t, sockDir)
+			conformance.Run(t, conformance.Harness{
+				Backend: b,
+				Timeout: 3 * time.Minute,
+				Start: func(t *testing.T) (string, conformance.Probe) {
+					g := startGuest(t, emu, sockDir, 512)
+					return g.id, &probe{g: g, b: b}
+				},
+			})
+		})
+	}
+}
+
+// TestQMPErrorIsTyped: a QMP failure carries QEMU's class and text.
+func TestQMPErrorIsTyped(t *testing.T) {
+	testenv.RequireRoot(t)
+	sockDir := t.TempDir()
+	g := startGuest(t, emulators(t)["qemu7"], sockDir, 256)
+	mon, err := qemu.Dial(context.Background(), g.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mon.Close()
+	err = mon.Execute(context.Background(), "no-such-command", nil, nil)
+	var qe *qemu.QMPError
+	if !errors.As(err, &qe) || qe.Class != "CommandNotFound" {
+		t.Fatalf("err = %v; want a QMPError of class CommandNotFound", err)
+	}
+	if mon.PID <= 0 || !strings.Contains(readFile(fmt.Sprintf("/proc/%d/cmdline", mon.PID)), g.socket) {
+		t.Fatalf("Monitor.PID = %d is not the QEMU serving %s", mon.PID, g.socket)
+	}
+	_ = hypervisors.ErrNotFound
+}
+
+func readFile(p string) string { b, _ := os.ReadFile(p); return string(b) }
