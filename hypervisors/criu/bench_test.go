@@ -12,6 +12,7 @@ import (
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/hypervisors/criu"
+	"github.com/ckpt-dev/ckpt/internal/testenv"
 	"github.com/ckpt-dev/ckpt/memregion"
 )
 
@@ -96,7 +97,7 @@ func BenchmarkDumpRestore(b *testing.B) {
 				}
 				restoreT += time.Since(start)
 				b.StopTimer()
-				memcpyT += memcpyOf(m.TotalBytes())
+				memcpyT += testenv.MemcpyTime(m.TotalBytes())
 				_ = c
 				b.StartTimer()
 			}
@@ -193,15 +194,4 @@ func (s *criuStats) report(b *testing.B) {
 	b.ReportMetric(s.pages/n, "criu-pages")
 	b.ReportMetric(s.criuWall/n*1e3, "runc-checkpoint-ms")
 	b.ReportMetric(s.store/n*1e3, "store-ms")
-}
-
-// memcpyOf times a copy of n bytes between pre-touched buffers.
-func memcpyOf(n int64) time.Duration {
-	src, dst := make([]byte, n), make([]byte, n)
-	for i := range src {
-		src[i], dst[i] = byte(i), byte(i)
-	}
-	start := time.Now()
-	copy(dst, src)
-	return time.Since(start)
 }

@@ -24,6 +24,7 @@ type recipe struct {
 	Socket  string     `json:"socket"`
 	Launch  launch     `json:"launch"`
 	Running bool       `json:"running"` // continue after the restore
+	Mapped  *mapped    `json:"mapped_ram,omitempty"`
 	QEMU    string     `json:"qemu"`
 	Stats   *Migration `json:"stats,omitempty"`
 }
@@ -70,23 +71,44 @@ func (b *Backend) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 	if v.bandwidth == nil {
 		v.bandwidth = params["max-bandwidth"]
 	}
-	if err := v.mon.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": b.cfg.MaxBandwidth}, nil); err != nil {
-		return nil, err
+	if b.cfg.MaxBandwidth > 0 {
+		if err := v.mon.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": b.cfg.MaxBandwidth}, nil); err != nil {
+			return nil, err
+		}
 	}
-	obj, err := dst.Create(stateObject, wd.MemoryBytes)
+	rec := recipe{ID: w.ID, Socket: v.socket, Launch: l, Running: v.wasRunning, QEMU: wd.Attrs["qemu"]}
+	ds, direct := dst.(hypervisors.DirectSink)
+	if n := b.channels(v); direct && n > 0 {
+		if _, err := ds.Dir(filepath.Dir(mappedObject)); err == nil {
+			rec.Mapped = &mapped{Channels: n}
+		}
+	}
+	var stats *Migration
+	if rec.Mapped != nil {
+		stats, err = b.migrateMapped(ctx, v, ds, rec.Mapped.Channels)
+	} else {
+		stats, err = b.migrateStream(ctx, v, dst, wd.MemoryBytes)
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("dump %s: %w", w.ID, err)
 	}
-	stats, err := b.migrateOut(ctx, v, obj)
-	if cerr := obj.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("storing state of %s: %w", w.ID, cerr)
-	}
-	if err != nil {
-		return nil, err
-	}
-	rec := recipe{ID: w.ID, Socket: v.socket, Launch: l, Running: v.wasRunning, QEMU: wd.Attrs["qemu"], Stats: stats}
+	rec.Stats = stats
 	b.log.Debug("dumped VM", "workload", w.ID, "stats", stats)
 	return json.Marshal(rec)
+}
+
+// migrateStream writes the VM's state as one stream into the object
+// stateObject.
+func (b *Backend) migrateStream(ctx context.Context, v *vm, dst hypervisors.ObjectSink, size int64) (*Migration, error) {
+	obj, err := dst.Create(stateObject, size)
+	if err != nil {
+		return nil, err
+	}
+	m, err := b.migrateOut(ctx, v, obj)
+	if cerr := obj.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("storing the state: %w", cerr)
+	}
+	return m, err
 }
 
 // migrateOut sends the VM's state into w and waits for QEMU to finish.
@@ -165,11 +187,6 @@ func (b *Backend) Restore(ctx context.Context, w hypervisors.Workload, raw json.
 	if err := json.Unmarshal(raw, &rec); err != nil {
 		return fmt.Errorf("restore %s: bad recipe: %w", w.ID, err)
 	}
-	obj, err := src.Open(stateObject)
-	if err != nil {
-		return fmt.Errorf("restore %s: %w", w.ID, err)
-	}
-	defer obj.Close()
 	cmd, err := b.relaunch(rec)
 	if err != nil {
 		return fmt.Errorf("restore %s: %w", w.ID, err)
@@ -183,29 +200,15 @@ func (b *Backend) Restore(ctx context.Context, w hypervisors.Workload, raw json.
 	if err != nil {
 		return fail(err)
 	}
-	pr, pw, err := pipe()
-	if err != nil {
-		return fail(err)
-	}
-	const fdname = "ckpt-migrate-in"
-	err = v.mon.ExecuteWithFile(ctx, "getfd", map[string]string{"fdname": fdname}, pr)
-	pr.Close()
-	if err != nil {
-		pw.Close()
-		return fail(err)
-	}
-	copied := make(chan error, 1)
-	go func() {
-		e := <-copyErr(pw, obj)
-		pw.Close() // EOF for QEMU
-		copied <- e
-	}()
-	if err := v.mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + fdname}, nil); err != nil {
-		return fail(err) // the kill ends the copy (EPIPE)
-	}
-	m, err := b.waitMigration(ctx, v, "migration in")
-	if cerr := <-copied; cerr != nil && err == nil {
-		err = fmt.Errorf("state object: %w", cerr)
+	var m *Migration
+	if rec.Mapped != nil {
+		ds, ok := src.(hypervisors.DirectSource)
+		if !ok {
+			return fail(fmt.Errorf("a mapped-ram state needs a directory region"))
+		}
+		m, err = b.migrateInMapped(ctx, v, ds, rec.Mapped.Channels)
+	} else {
+		m, err = b.migrateIn(ctx, v, src)
 	}
 	if err != nil {
 		return fail(err)
@@ -218,6 +221,41 @@ func (b *Backend) Restore(ctx context.Context, w hypervisors.Workload, raw json.
 	b.log.Debug("restored VM", "workload", w.ID, "pid", cmd.Process.Pid, "migration", m)
 	b.forget(rec.Socket) // leave the socket to the operator's tools
 	return nil
+}
+
+// migrateIn feeds the stream object to the waiting QEMU through a pipe.
+// A corrupt object fails the copy at its end, before the VM continues.
+func (b *Backend) migrateIn(ctx context.Context, v *vm, src hypervisors.ObjectSource) (*Migration, error) {
+	obj, err := src.Open(stateObject)
+	if err != nil {
+		return nil, err
+	}
+	defer obj.Close()
+	pr, pw, err := pipe()
+	if err != nil {
+		return nil, err
+	}
+	const fdname = "ckpt-migrate-in"
+	err = v.mon.ExecuteWithFile(ctx, "getfd", map[string]string{"fdname": fdname}, pr)
+	pr.Close()
+	if err != nil {
+		pw.Close()
+		return nil, err
+	}
+	copied := make(chan error, 1)
+	go func() {
+		e := <-copyErr(pw, obj)
+		pw.Close() // EOF for QEMU
+		copied <- e
+	}()
+	if err := v.mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + fdname}, nil); err != nil {
+		return nil, err // the caller's kill ends the copy (EPIPE)
+	}
+	m, err := b.waitMigration(ctx, v, "migration in")
+	if cerr := <-copied; cerr != nil && err == nil {
+		err = fmt.Errorf("state object: %w", cerr)
+	}
+	return m, err
 }
 
 // relaunch starts QEMU again, detached, waiting for an incoming migration.

@@ -85,28 +85,41 @@ type guest struct {
 // startGuest boots a TCG VM with QMP on a socket in sockDir.
 func startGuest(t testing.TB, emulator, sockDir string, memMiB int) *guest {
 	t.Helper()
+	return startGuestData(t, emulator, sockDir, memMiB, guestDataMiB)
+}
+
+// startGuestData boots a guest whose init holds dataMiB of data.
+func startGuestData(t testing.TB, emulator, sockDir string, memMiB, dataMiB int) *guest {
+	t.Helper()
 	testenv.RequireTool(t, "cpio")
 	g := &guest{id: fmt.Sprintf("ckpt-vm-%d-%d", os.Getpid(), seq.Add(1))}
 	g.socket = filepath.Join(sockDir, g.id+".qmp")
 	g.console = filepath.Join(t.TempDir(), "console.log")
-	cmdline := fmt.Sprintf("console=ttyS0 quiet panic=-1 rdinit=/init -- -guest -child= -listen= -mem %d -tick 100ms -sum-every 2s", guestDataMiB)
+	cmdline := fmt.Sprintf("console=ttyS0 quiet panic=-1 rdinit=/init -- -guest -child= -listen= -mem %d -tick 100ms -sum-every 2s", dataMiB)
 	args := []string{"-name", "guest=" + g.id, "-machine", "pc", "-m", strconv.Itoa(memMiB) + "M", "-nodefaults", "-display", "none",
-		"-no-reboot", "-kernel", guestKernel(t), "-initrd", guestInitrd(t), "-append", cmdline,
+		"-no-reboot", "-kernel", guestKernel(t), "-initrd", guestInitrd(t), "-append", cmdline, "-smp", "1",
 		"-chardev", "file,id=ser0,path=" + g.console + ",append=on", "-serial", "chardev:ser0",
 		"-qmp", "unix:" + g.socket + ",server=on,wait=off"}
 	cmd := exec.Command(emulator, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go cmd.Wait()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() { killBySocket(g.socket) })
-	deadline := time.Now().Add(90 * time.Second)
+	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {
 		if g.ticks() > 0 {
 			return g
 		}
-		time.Sleep(200 * time.Millisecond)
+		select {
+		case err := <-exited:
+			t.Fatalf("QEMU exited: %v: %s", err, stderr.String())
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 	b, _ := os.ReadFile(g.console)
 	t.Fatalf("guest %s did not start ticking; console:\n%s", g.id, tailLines(string(b), 20))

@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 )
 
 // InCI reports whether the tests run under CI, where every tool must exist.
@@ -97,4 +98,17 @@ func StaticBinary(t testing.TB, pkg string) string {
 	}
 	built[pkg] = out
 	return out
+}
+
+// MemcpyTime times a copy of n bytes between pre-touched buffers: the
+// baseline benchmarks report their throughput against, measured in the
+// same run.
+func MemcpyTime(n int64) time.Duration {
+	src, dst := make([]byte, n), make([]byte, n)
+	for i := range src {
+		src[i], dst[i] = byte(i), byte(i)
+	}
+	start := time.Now()
+	copy(dst, src)
+	return time.Since(start)
 }

@@ -1,0 +1,155 @@
+package qemu_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/hypervisors/qemu"
+	"github.com/ckpt-dev/ckpt/internal/testenv"
+	"github.com/ckpt-dev/ckpt/memregion"
+)
+
+// benchGuests are guest sizes in MiB; CKPT_BENCH_LARGE=1 adds 2 GiB. The
+// guest's init fills half of it with pseudo-random data.
+func benchGuests() []int {
+	s := []int{512}
+	if os.Getenv("CKPT_BENCH_LARGE") != "" {
+		s = append(s, 2048)
+	}
+	return s
+}
+
+// benchModes compare QEMU's defaults, our stream settings, and mapped-ram
+// with multifd channels (QEMU 10).
+var benchModes = []struct {
+	name, emulator string
+	cfg            qemu.Config
+}{
+	{"qemu7/defaults", "qemu-system-x86_64", qemu.Config{MaxBandwidth: -1, MultifdChannels: -1}},
+	{"qemu7/stream", "qemu-system-x86_64", qemu.Config{MultifdChannels: -1}},
+	{"qemu10/stream", "qemu10-system-x86_64", qemu.Config{MultifdChannels: -1}},
+	{"qemu10/multifd=1", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 1}},
+	{"qemu10/multifd=2", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 2}},
+	{"qemu10/multifd=4", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 4}},
+}
+
+// BenchmarkSaveRestore suspends a TCG guest into a directory region on
+// tmpfs and resumes it. Metrics: save and restore GB/s of guest RAM, QEMU's
+// own total time and bytes transferred, and memcpy GB/s of the same bytes
+// in the same run.
+func BenchmarkSaveRestore(b *testing.B) {
+	testenv.RequireRoot(b)
+	for _, mib := range benchGuests() {
+		for _, mode := range benchModes {
+			b.Run(fmt.Sprintf("guest=%dMiB/%s", mib, mode.name), func(b *testing.B) {
+				emu := testenv.RequireTool(b, mode.emulator)
+				sockDir := shortDir(b) // b.TempDir() is too long for a unix socket path
+				cfg := mode.cfg
+				cfg.SocketDir, cfg.LogDir = sockDir, b.TempDir()
+				be, err := qemu.New(cfg, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ctx := context.Background()
+				var save, restore, memcpyT, qemuT time.Duration
+				var ram, transferred int64
+				for range b.N {
+					b.StopTimer()
+					g := startGuestData(b, emu, sockDir, mib, mib/2)
+					r := shmRegion(b)
+					ws, err := be.Discover(ctx)
+					if err != nil || len(ws) != 1 {
+						b.Fatalf("Discover: %v %v", ws, err)
+					}
+					w := ws[0]
+					b.StartTimer()
+					if err := be.Freeze(ctx, w); err != nil {
+						b.Fatal(err)
+					}
+					start := time.Now()
+					raw, err := be.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: w.ID})
+					if err != nil {
+						b.Fatal(err)
+					}
+					save += time.Since(start)
+					var rec struct {
+						Stats qemu.Migration `json:"stats"`
+					}
+					json.Unmarshal(raw, &rec)
+					qemuT += time.Duration(rec.Stats.TotalTimeMS) * time.Millisecond
+					if rec.Stats.RAM != nil {
+						transferred += rec.Stats.RAM.Transferred
+					}
+					m := &memregion.Manifest{Workloads: []memregion.WorkloadRecord{{ID: w.ID, Backend: qemu.Name, Restore: raw}}}
+					for _, o := range r.Objects() {
+						m.Workloads[0].Objects = append(m.Workloads[0].Objects, o.Name)
+					}
+					if err := r.Seal(ctx, m); err != nil {
+						b.Fatal(err)
+					}
+					if err := be.Finish(ctx, w); err != nil {
+						b.Fatal(err)
+					}
+					if m, err = r.Verify(ctx); err != nil {
+						b.Fatal(err)
+					}
+					start = time.Now()
+					if err := be.Restore(ctx, w, raw, hypervisors.RegionSource{Region: r, Manifest: m, Prefix: w.ID}); err != nil {
+						b.Fatal(err)
+					}
+					restore += time.Since(start)
+					b.StopTimer()
+					ram += w.MemoryBytes
+					memcpyT += testenv.MemcpyTime(w.MemoryBytes)
+					if n := g.ticks(); n == 0 {
+						b.Fatal("guest does not tick")
+					}
+					killBySocket(g.socket)
+				}
+				gbps := func(d time.Duration) float64 { return float64(ram) / d.Seconds() / 1e9 }
+				b.ReportMetric(gbps(save), "save-GB/s")
+				b.ReportMetric(gbps(restore), "restore-GB/s")
+				b.ReportMetric(gbps(memcpyT), "memcpy-GB/s")
+				b.ReportMetric(save.Seconds()/float64(b.N)*1e3, "save-ms")
+				b.ReportMetric(restore.Seconds()/float64(b.N)*1e3, "restore-ms")
+				b.ReportMetric(qemuT.Seconds()/float64(b.N)*1e3, "qemu-total-ms")
+				b.ReportMetric(float64(transferred)/float64(b.N)/(1<<20), "qemu-MiB")
+			})
+		}
+	}
+}
+
+// shmRegion is a directory region on tmpfs.
+func shmRegion(b *testing.B) *memregion.Region {
+	b.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", "ckpt-qemu-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	if err := memregion.Format(dir, memregion.FormatOptions{Kind: memregion.KindDir}); err != nil {
+		b.Fatal(err)
+	}
+	r, err := memregion.Open(dir, memregion.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { r.Close() })
+	return r
+}
+
+// shortDir is a temporary directory with a short path (sun_path holds 108
+// bytes).
+func shortDir(t testing.TB) string {
+	d, err := os.MkdirTemp("", "ckptq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}

@@ -1,0 +1,106 @@
+package qemu
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/ckpt-dev/ckpt/hypervisors"
+)
+
+// mappedObject is the object of a mapped-ram migration: a file laid out
+// like guest RAM (zero pages are holes), written by several multifd
+// channels in parallel.
+const mappedObject = "ram/state"
+
+// mapped records how a state was saved with mapped-ram.
+type mapped struct {
+	Channels int `json:"channels"`
+}
+
+// channels is the multifd channel count for this dump, 0 for the stream.
+func (b *Backend) channels(v *vm) int {
+	ver := v.mon.Version.QEMU
+	if b.cfg.MultifdChannels < 0 || ver.Major < 9 { // mapped-ram came in QEMU 9.0
+		return 0
+	}
+	if b.cfg.MultifdChannels > 0 {
+		return b.cfg.MultifdChannels
+	}
+	return min(4, runtime.NumCPU())
+}
+
+func capabilities(on bool, names ...string) map[string]any {
+	var cs []map[string]any
+	for _, n := range names {
+		cs = append(cs, map[string]any{"capability": n, "state": on})
+	}
+	return map[string]any{"capabilities": cs}
+}
+
+// setMapped turns mapped-ram and multifd on (with n channels) or off.
+func setMapped(ctx context.Context, v *vm, n int) error {
+	if err := v.mon.Execute(ctx, "migrate-set-capabilities", capabilities(n > 0, "mapped-ram", "multifd"), nil); err != nil {
+		return err
+	}
+	if n > 0 {
+		return v.mon.Execute(ctx, "migrate-set-parameters", map[string]any{"multifd-channels": n}, nil)
+	}
+	return nil
+}
+
+// migrateMapped saves the VM into a file in a directory region with
+// mapped-ram and n multifd channels, and adopts it as mappedObject. The
+// capabilities are switched off again whatever happens, so the VM's
+// later migrations (by libvirt, say) are not changed behind its back.
+func (b *Backend) migrateMapped(ctx context.Context, v *vm, ds hypervisors.DirectSink, n int) (*Migration, error) {
+	dir, err := ds.Dir(filepath.Dir(mappedObject))
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, filepath.Base(mappedObject))
+	if err := setMapped(ctx, v, n); err != nil {
+		return nil, err
+	}
+	defer setMapped(context.WithoutCancel(ctx), v, 0)
+	start := time.Now()
+	if err := v.mon.Execute(ctx, "migrate", map[string]any{"uri": "file:" + path}, nil); err != nil {
+		os.Remove(path)
+		return nil, err
+	}
+	m, err := b.waitMigration(ctx, v, "migration out")
+	if err != nil {
+		v.mon.Execute(context.WithoutCancel(ctx), "migrate_cancel", nil, nil)
+		b.waitMigration(context.WithoutCancel(ctx), v, "cancel") // QEMU closes the file
+		os.Remove(path)
+		return m, err
+	}
+	m.WallMS = time.Since(start).Milliseconds()
+	if err := ds.Adopt(mappedObject); err != nil {
+		return m, fmt.Errorf("adopting %s: %w", mappedObject, err)
+	}
+	return m, nil
+}
+
+// migrateInMapped loads a mapped-ram state file in place.
+func (b *Backend) migrateInMapped(ctx context.Context, v *vm, src hypervisors.DirectSource, n int) (*Migration, error) {
+	dir, err := src.Dir(filepath.Dir(mappedObject))
+	if err != nil {
+		return nil, err
+	}
+	if err := setMapped(ctx, v, n); err != nil {
+		return nil, err
+	}
+	if err := v.mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": "file:" + filepath.Join(dir, filepath.Base(mappedObject))}, nil); err != nil {
+		return nil, err
+	}
+	m, err := b.waitMigration(ctx, v, "migration in")
+	if err == nil {
+		// Leave the restored VM with the capabilities it had before.
+		err = setMapped(ctx, v, 0)
+	}
+	return m, err
+}
