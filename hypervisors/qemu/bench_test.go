@@ -29,13 +29,15 @@ func benchGuests() []int {
 var benchModes = []struct {
 	name, emulator string
 	cfg            qemu.Config
+	ramInPlace     bool // RAM a shared file in a preserved dir (cpr-reboot)
 }{
-	{"qemu7/defaults", "qemu-system-x86_64", qemu.Config{MaxBandwidth: -1, MultifdChannels: -1}},
-	{"qemu7/stream", "qemu-system-x86_64", qemu.Config{MultifdChannels: -1}},
-	{"qemu10/stream", "qemu10-system-x86_64", qemu.Config{MultifdChannels: -1}},
-	{"qemu10/multifd=1", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 1}},
-	{"qemu10/multifd=2", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 2}},
-	{"qemu10/multifd=4", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 4}},
+	{"qemu7/defaults", "qemu-system-x86_64", qemu.Config{MaxBandwidth: -1, MultifdChannels: -1}, false},
+	{"qemu7/stream", "qemu-system-x86_64", qemu.Config{MultifdChannels: -1}, false},
+	{"qemu10/stream", "qemu10-system-x86_64", qemu.Config{MultifdChannels: -1}, false},
+	{"qemu10/multifd=1", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 1}, false},
+	{"qemu10/multifd=2", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 2}, false},
+	{"qemu10/multifd=4", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 4}, false},
+	{"qemu10/cpr-reboot", "qemu10-system-x86_64", qemu.Config{}, true},
 }
 
 // BenchmarkSaveRestore suspends a TCG guest into a directory region on
@@ -51,6 +53,17 @@ func BenchmarkSaveRestore(b *testing.B) {
 				sockDir := shortDir(b) // b.TempDir() is too long for a unix socket path
 				cfg := mode.cfg
 				cfg.SocketDir, cfg.LogDir = sockDir, b.TempDir()
+				var extra []string
+				if mode.ramInPlace {
+					ramDir, err := os.MkdirTemp("/dev/shm", "ckpt-ram-")
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.Cleanup(func() { os.RemoveAll(ramDir) })
+					cfg.PreservedRAMDirs = []string{ramDir}
+					extra = []string{"-object", fmt.Sprintf("memory-backend-file,id=ram0,size=%dM,mem-path=%s/vm.ram,share=on", mib, ramDir),
+						"-machine", "memory-backend=ram0"}
+				}
 				be, err := qemu.New(cfg, nil)
 				if err != nil {
 					b.Fatal(err)
@@ -60,7 +73,7 @@ func BenchmarkSaveRestore(b *testing.B) {
 				var ram, transferred int64
 				for range b.N {
 					b.StopTimer()
-					g := startGuestData(b, emu, sockDir, mib, mib/2)
+					g := startGuestData(b, emu, sockDir, mib, mib/2, extra...)
 					r := shmRegion(b)
 					ws, err := be.Discover(ctx)
 					if err != nil || len(ws) != 1 {

@@ -25,6 +25,7 @@ type recipe struct {
 	Launch  launch     `json:"launch"`
 	Running bool       `json:"running"` // continue after the restore
 	Mapped  *mapped    `json:"mapped_ram,omitempty"`
+	CPR     *cpr       `json:"cpr_reboot,omitempty"` // RAM left in place
 	QEMU    string     `json:"qemu"`
 	Stats   *Migration `json:"stats,omitempty"`
 }
@@ -77,16 +78,24 @@ func (b *Backend) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 		}
 	}
 	rec := recipe{ID: w.ID, Socket: v.socket, Launch: l, Running: v.wasRunning, QEMU: wd.Attrs["qemu"]}
+	if c, err := b.preservedRAM(ctx, v, wd.MemoryBytes); err == nil {
+		rec.CPR = c
+	} else if len(b.cfg.PreservedRAMDirs) > 0 {
+		b.log.Info("VM's RAM will be copied", "workload", w.ID, "reason", err)
+	}
 	ds, direct := dst.(hypervisors.DirectSink)
-	if n := b.channels(v); direct && n > 0 {
+	if n := b.channels(v); rec.CPR == nil && direct && n > 0 {
 		if _, err := ds.Dir(filepath.Dir(mappedObject)); err == nil {
 			rec.Mapped = &mapped{Channels: n}
 		}
 	}
 	var stats *Migration
-	if rec.Mapped != nil {
+	switch {
+	case rec.CPR != nil:
+		stats, err = b.migrateCPR(ctx, v, dst)
+	case rec.Mapped != nil:
 		stats, err = b.migrateMapped(ctx, v, ds, rec.Mapped.Channels)
-	} else {
+	default:
 		stats, err = b.migrateStream(ctx, v, dst, wd.MemoryBytes)
 	}
 	if err != nil {
@@ -187,6 +196,11 @@ func (b *Backend) Restore(ctx context.Context, w hypervisors.Workload, raw json.
 	if err := json.Unmarshal(raw, &rec); err != nil {
 		return fmt.Errorf("restore %s: bad recipe: %w", w.ID, err)
 	}
+	if rec.CPR != nil {
+		if err := rec.CPR.checkRAM(); err != nil {
+			return fmt.Errorf("restore %s: %w", w.ID, err)
+		}
+	}
 	cmd, err := b.relaunch(rec)
 	if err != nil {
 		return fmt.Errorf("restore %s: %w", w.ID, err)
@@ -201,7 +215,15 @@ func (b *Backend) Restore(ctx context.Context, w hypervisors.Workload, raw json.
 		return fail(err)
 	}
 	var m *Migration
-	if rec.Mapped != nil {
+	if rec.CPR != nil {
+		if err := setCPR(ctx, v, true); err != nil {
+			return fail(err)
+		}
+		m, err = b.migrateIn(ctx, v, src)
+		if err == nil {
+			err = setCPR(ctx, v, false)
+		}
+	} else if rec.Mapped != nil {
 		ds, ok := src.(hypervisors.DirectSource)
 		if !ok {
 			return fail(fmt.Errorf("a mapped-ram state needs a directory region"))

@@ -55,6 +55,11 @@ type Config struct {
 	// directory region with QEMU >= 9 (mapped-ram + multifd); 0 picks
 	// min(4, CPUs), -1 always uses the single stream.
 	MultifdChannels int
+	// PreservedRAMDirs are directories whose files survive the update (a
+	// DAX filesystem on the preserved region). A VM whose RAM is a shared
+	// memory-backend-file in one of them is saved with its RAM in place
+	// (cpr-reboot); see cpr.go.
+	PreservedRAMDirs []string
 	// StartTimeout bounds a relaunched QEMU's start until its QMP socket
 	// answers (default 1 minute).
 	StartTimeout time.Duration
@@ -109,16 +114,23 @@ func init() {
 			if v, ok := ic.Config["socket_dir"].(string); ok {
 				cfg.SocketDir = v
 			}
-			if v, ok := ic.Config["sockets"].([]any); ok {
-				for _, s := range v {
-					if s, ok := s.(string); ok {
-						cfg.Sockets = append(cfg.Sockets, s)
-					}
-				}
-			}
+			cfg.Sockets = stringList(ic.Config["sockets"])
+			cfg.PreservedRAMDirs = stringList(ic.Config["preserved_ram_dirs"])
 			return New(cfg, ic.Logger)
 		},
 	})
+}
+
+// stringList decodes a list of strings from a config section.
+func stringList(v any) []string {
+	var out []string
+	l, _ := v.([]any)
+	for _, x := range l {
+		if s, ok := x.(string); ok {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // New returns the backend.

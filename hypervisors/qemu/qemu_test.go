@@ -3,6 +3,7 @@ package qemu_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"github.com/ckpt-dev/ckpt/hypervisors/conformance"
 	"github.com/ckpt-dev/ckpt/hypervisors/qemu"
 	"github.com/ckpt-dev/ckpt/internal/testenv"
+	"github.com/ckpt-dev/ckpt/memregion"
 )
 
 // guestDataMiB is the pseudo-random memory the guest's init holds and
@@ -88,8 +90,9 @@ func startGuest(t testing.TB, emulator, sockDir string, memMiB int) *guest {
 	return startGuestData(t, emulator, sockDir, memMiB, guestDataMiB)
 }
 
-// startGuestData boots a guest whose init holds dataMiB of data.
-func startGuestData(t testing.TB, emulator, sockDir string, memMiB, dataMiB int) *guest {
+// startGuestData boots a guest whose init holds dataMiB of data; extra
+// are more QEMU arguments.
+func startGuestData(t testing.TB, emulator, sockDir string, memMiB, dataMiB int, extra ...string) *guest {
 	t.Helper()
 	testenv.RequireTool(t, "cpio")
 	g := &guest{id: fmt.Sprintf("ckpt-vm-%d-%d", os.Getpid(), seq.Add(1))}
@@ -100,6 +103,7 @@ func startGuestData(t testing.TB, emulator, sockDir string, memMiB, dataMiB int)
 		"-no-reboot", "-kernel", guestKernel(t), "-initrd", guestInitrd(t), "-append", cmdline, "-smp", "1",
 		"-chardev", "file,id=ser0,path=" + g.console + ",append=on", "-serial", "chardev:ser0",
 		"-qmp", "unix:" + g.socket + ",server=on,wait=off"}
+	args = append(args, extra...)
 	cmd := exec.Command(emulator, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	var stderr strings.Builder
@@ -276,3 +280,93 @@ func TestQMPErrorIsTyped(t *testing.T) {
 }
 
 func readFile(p string) string { b, _ := os.ReadFile(p); return string(b) }
+
+// TestRAMStaysInPlace: a VM whose RAM is a shared file in a preserved
+// directory is saved in cpr-reboot mode: the region gets only device
+// state, and the restored guest finds its memory intact.
+func TestRAMStaysInPlace(t *testing.T) {
+	testenv.RequireRoot(t)
+	emu := emulators(t)["qemu10"]
+	sockDir, ramDir := t.TempDir(), t.TempDir()
+	b, err := qemu.New(qemu.Config{SocketDir: sockDir, LogDir: t.TempDir(), PreservedRAMDirs: []string{ramDir}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := startGuest(t, emu, sockDir, 256)
+	id := fmt.Sprintf("ckpt-vm-%d-%d", os.Getpid(), seq.Load()+1)
+	g := startGuestData(t, emu, sockDir, 512, guestDataMiB,
+		"-object", "memory-backend-file,id=ram0,size=512M,mem-path="+filepath.Join(ramDir, id+".ram")+",share=on",
+		"-machine", "memory-backend=ram0")
+	ctx := context.Background()
+	err = b.RAMInPlace(ctx, hypervisors.Workload{ID: plain.id})
+	if !errors.Is(err, qemu.ErrRAMNotPreserved) || !strings.Contains(err.Error(), "memory-backend-file") {
+		t.Fatalf("RAMInPlace(plain VM) = %v; want ErrRAMNotPreserved saying how to qualify", err)
+	}
+	w := hypervisors.Workload{ID: g.id}
+	if err := b.RAMInPlace(ctx, w); err != nil {
+		t.Fatalf("RAMInPlace: %v", err)
+	}
+	p := &probe{g: g, b: b}
+	r := newRegionT(t)
+	if err := b.Freeze(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	frozenAt := g.ticks()
+	raw, err := b.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: "vm"})
+	if err != nil {
+		b.Thaw(ctx, w)
+		t.Fatal(err)
+	}
+	var rec struct {
+		CPR *struct {
+			RAMFile string `json:"ram_file"`
+		} `json:"cpr_reboot"`
+	}
+	json.Unmarshal(raw, &rec)
+	if rec.CPR == nil {
+		t.Fatalf("recipe %s: RAM was not left in place", raw)
+	}
+	var stored int64
+	for _, o := range r.Objects() {
+		stored += o.Size
+	}
+	if stored > 32<<20 {
+		t.Fatalf("%d bytes stored for a 512 MiB guest whose RAM stays in place", stored)
+	}
+	m := &memregion.Manifest{Workloads: []memregion.WorkloadRecord{{ID: w.ID, Backend: qemu.Name, Restore: raw, Objects: []string{"vm/state"}}}}
+	if err := r.Seal(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Finish(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	if m, err = r.Verify(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Restore(ctx, w, raw, hypervisors.RegionSource{Region: r, Manifest: m, Prefix: "vm"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for g.ticks() <= frozenAt && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if g.ticks() <= frozenAt {
+		t.Fatal("guest does not tick after the restore")
+	}
+	p.Intact(t)
+	t.Logf("stored %d bytes of device state for a 512 MiB guest", stored)
+}
+
+func newRegionT(t *testing.T) *memregion.Region {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "region")
+	if err := memregion.Format(dir, memregion.FormatOptions{Kind: memregion.KindDir}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := memregion.Open(dir, memregion.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
