@@ -73,8 +73,7 @@ func (b *Backend) migrateMapped(ctx context.Context, v *vm, ds hypervisors.Direc
 	}
 	m, err := b.waitMigration(ctx, v, "migration out")
 	if err != nil {
-		v.mon.Execute(context.WithoutCancel(ctx), "migrate_cancel", nil, nil)
-		b.waitMigration(context.WithoutCancel(ctx), v, "cancel") // QEMU closes the file
+		b.cancelMigration(ctx, v) // QEMU closes the file
 		os.Remove(path)
 		return m, err
 	}

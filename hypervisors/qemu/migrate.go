@@ -133,24 +133,50 @@ func (b *Backend) migrateOut(ctx context.Context, v *vm, w interface{ Write([]by
 	if err != nil {
 		return nil, err
 	}
-	copied := copyErr(w, r)
+	// A failed copy (region full, say) stops reading the pipe, and QEMU
+	// would block writing it: it cancels the wait.
+	waitCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var copyErrV error
+	copyDone := make(chan struct{})
+	go func() {
+		if copyErrV = <-copyErr(w, r); copyErrV != nil {
+			cancel()
+		}
+		close(copyDone)
+	}()
 	start := time.Now()
 	if err := v.mon.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + fdname}, nil); err != nil {
-		v.mon.Execute(context.Background(), "closefd", map[string]string{"fdname": fdname}, nil)
+		v.mon.Execute(context.WithoutCancel(ctx), "closefd", map[string]string{"fdname": fdname}, nil)
+		r.Close()
+		<-copyDone
 		return nil, err
 	}
-	m, err := b.waitMigration(ctx, v, "migration out")
+	m, err := b.waitMigration(waitCtx, v, "migration out")
 	if err != nil {
-		v.mon.Execute(context.WithoutCancel(ctx), "migrate_cancel", nil, nil)
-		r.Close() // unblocks QEMU's writes and the copy
-		<-copied
+		r.Close() // a write blocked on the pipe fails (EPIPE)
+		b.cancelMigration(ctx, v)
+		<-copyDone
+		if copyErrV != nil {
+			err = fmt.Errorf("storing the migration stream: %w", copyErrV)
+		}
 		return m, err
 	}
-	if err := <-copied; err != nil {
-		return m, fmt.Errorf("copying the migration stream: %w", err)
+	<-copyDone
+	if copyErrV != nil {
+		return m, fmt.Errorf("storing the migration stream: %w", copyErrV)
 	}
 	m.WallMS = time.Since(start).Milliseconds()
 	return m, nil
+}
+
+// cancelMigration cancels an outgoing migration and waits (briefly) until
+// QEMU has let go of it, so a following "cont" is accepted.
+func (b *Backend) cancelMigration(ctx context.Context, v *vm) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	v.mon.Execute(ctx, "migrate_cancel", nil, nil)
+	b.waitMigration(ctx, v, "cancel")
 }
 
 // waitMigration polls query-migrate until the migration ends.

@@ -370,3 +370,123 @@ func newRegionT(t *testing.T) *memregion.Region {
 	t.Cleanup(func() { r.Close() })
 	return r
 }
+
+// TestPreflightReportsMigrationBlocker: a device that blocks migration
+// (ivshmem in peer mode) is reported with QEMU's reason, and the VM is
+// left alone.
+func TestPreflightReportsMigrationBlocker(t *testing.T) {
+	testenv.RequireRoot(t)
+	sockDir := t.TempDir()
+	shm := filepath.Join(t.TempDir(), "ivshmem")
+	g := startGuestData(t, emulators(t)["qemu7"], sockDir, 256, 16,
+		"-object", "memory-backend-file,id=shm0,size=1M,mem-path="+shm+",share=on",
+		"-device", "ivshmem-plain,memdev=shm0")
+	b := newBackend(t, sockDir)
+	err := b.Preflight(context.Background(), hypervisors.Workload{ID: g.id})
+	if !errors.Is(err, hypervisors.ErrNotCheckpointable) || !strings.Contains(err.Error(), "ivshmem") {
+		t.Fatalf("Preflight = %v; want ErrNotCheckpointable naming ivshmem", err)
+	}
+	if err := b.Preflight(context.Background(), hypervisors.Workload{ID: startGuest(t, emulators(t)["qemu7"], sockDir, 256).id}); err != nil {
+		t.Fatalf("Preflight of a plain VM: %v", err)
+	}
+}
+
+// TestFailedDumpLeavesVMRunning: a region too small for the VM fails the
+// dump with the region's error; after the rollback's Thaw the guest runs
+// on with its memory intact.
+func TestFailedDumpLeavesVMRunning(t *testing.T) {
+	testenv.RequireRoot(t)
+	sockDir := t.TempDir()
+	g := startGuest(t, emulators(t)["qemu7"], sockDir, 512)
+	b := newBackend(t, sockDir)
+	path := filepath.Join(t.TempDir(), "small")
+	if err := memregion.Format(path, memregion.FormatOptions{Kind: memregion.KindRaw, Size: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := memregion.Open(path, memregion.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx := context.Background()
+	w := hypervisors.Workload{ID: g.id}
+	if err := b.Freeze(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	frozenAt := g.ticks()
+	_, err = b.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: "vm"})
+	if !errors.Is(err, memregion.ErrNoSpace) {
+		t.Fatalf("Dump into 64 MiB = %v; want ErrNoSpace", err)
+	}
+	if err := b.Thaw(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	r.Discard()
+	deadline := time.Now().Add(10 * time.Second)
+	for g.ticks() <= frozenAt && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if g.ticks() <= frozenAt {
+		t.Fatal("guest does not run after the failed dump and thaw")
+	}
+	(&probe{g: g, b: b}).Intact(t)
+}
+
+// TestCorruptStateRefused: a state object with one flipped byte is
+// refused at restore even without a prior Verify; the relaunched QEMU is
+// ended, the VM does not run from bad state, and the region keeps
+// everything for a retry.
+func TestCorruptStateRefused(t *testing.T) {
+	testenv.RequireRoot(t)
+	sockDir := t.TempDir()
+	g := startGuest(t, emulators(t)["qemu7"], sockDir, 256)
+	b := newBackend(t, sockDir)
+	r := newRegionT(t)
+	ctx := context.Background()
+	w := hypervisors.Workload{ID: g.id}
+	if err := b.Freeze(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := b.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: "vm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &memregion.Manifest{Workloads: []memregion.WorkloadRecord{{ID: w.ID, Backend: qemu.Name, Restore: raw, Objects: []string{"vm/state"}}}}
+	if err := r.Seal(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Finish(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	var state string
+	filepath.Walk(r.Path(), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() && fi.Name() == "state" {
+			state = p
+		}
+		return nil
+	})
+	f, err := os.OpenFile(state, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatalf("state object file: %v", err)
+	}
+	one := make([]byte, 1)
+	f.ReadAt(one, 4096)
+	one[0] ^= 0x40
+	f.WriteAt(one, 4096)
+	f.Close()
+	m, err = r.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = b.Restore(ctx, w, raw, hypervisors.RegionSource{Region: r, Manifest: m, Prefix: "vm"})
+	if err == nil || !strings.Contains(err.Error(), "checksum") {
+		t.Fatalf("Restore of a corrupt state = %v; want a checksum error", err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if ws, _ := b.Discover(ctx); len(ws) != 0 {
+		t.Fatalf("a VM runs from corrupt state: %+v", ws)
+	}
+	if sealed, err := r.Sealed(); err != nil || !sealed {
+		t.Fatalf("region after a refused restore: sealed=%v, %v", sealed, err)
+	}
+}
