@@ -1,0 +1,391 @@
+package checkpoint_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ckpt-dev/ckpt/checkpoint"
+	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/memregion"
+	"github.com/ckpt-dev/ckpt/restore"
+)
+
+// fake is a backend of in-memory workloads for the engine's logic; the
+// real backends have their own tests against real workloads.
+type fake struct {
+	name string
+	mu   sync.Mutex
+	ws   map[string]*fakeWorkload
+	// failDump / failRestore name a workload whose Dump / Restore fails.
+	failDump, failRestore string
+	// dumpDelay makes every dump take this long (to observe concurrency).
+	dumpDelay time.Duration
+	inFlight  atomic.Int32
+	maxFlight atomic.Int32
+	order     []string // dump start order
+}
+
+type fakeWorkload struct {
+	size     int64
+	state    string // running, frozen, ended
+	restored int
+}
+
+func newFake(name string, sizes map[string]int64) *fake {
+	f := &fake{name: name, ws: map[string]*fakeWorkload{}}
+	for id, n := range sizes {
+		f.ws[id] = &fakeWorkload{size: n, state: "running"}
+	}
+	return f
+}
+
+func (f *fake) Name() string { return f.name }
+
+func (f *fake) Discover(context.Context) ([]hypervisors.Workload, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []hypervisors.Workload
+	for id, w := range f.ws {
+		if w.state != "ended" {
+			out = append(out, hypervisors.Workload{ID: id, Kind: "fake", Backend: f.name, MemoryBytes: w.size})
+		}
+	}
+	return out, nil
+}
+
+func (f *fake) set(id, from, to string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	w := f.ws[id]
+	if w == nil {
+		return hypervisors.ErrNotFound
+	}
+	if from != "" && w.state != from {
+		return fmt.Errorf("%s is %s, not %s", id, w.state, from)
+	}
+	w.state = to
+	return nil
+}
+
+func (f *fake) state(id string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ws[id].state
+}
+
+func (f *fake) Freeze(_ context.Context, w hypervisors.Workload) error {
+	return f.set(w.ID, "running", "frozen")
+}
+func (f *fake) Thaw(_ context.Context, w hypervisors.Workload) error { return f.set(w.ID, "", "running") }
+func (f *fake) Finish(_ context.Context, w hypervisors.Workload) error {
+	return f.set(w.ID, "frozen", "ended")
+}
+
+func (f *fake) Dump(ctx context.Context, w hypervisors.Workload, dst hypervisors.ObjectSink) (json.RawMessage, error) {
+	n := f.inFlight.Add(1)
+	defer f.inFlight.Add(-1)
+	for {
+		m := f.maxFlight.Load()
+		if n <= m || f.maxFlight.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	f.mu.Lock()
+	f.order = append(f.order, w.ID)
+	size := f.ws[w.ID].size
+	f.mu.Unlock()
+	select {
+	case <-time.After(f.dumpDelay):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if w.ID == f.failDump {
+		return nil, errors.New("injected dump failure")
+	}
+	o, err := dst.Create("mem", size)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.CopyN(o, zeros{}, size); err != nil {
+		o.Close()
+		return nil, err
+	}
+	if err := o.Close(); err != nil {
+		return nil, err
+	}
+	return json.Marshal(map[string]int64{"size": size})
+}
+
+func (f *fake) Restore(_ context.Context, w hypervisors.Workload, recipe json.RawMessage, src hypervisors.ObjectSource) error {
+	if w.ID == f.failRestore {
+		return errors.New("injected restore failure")
+	}
+	rc, err := src.Open("mem")
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ws[w.ID].state = "running"
+	f.ws[w.ID].restored++
+	return nil
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// env is a region, journal, state and lock in a temp dir.
+type env struct {
+	region, journal, state string
+}
+
+func newEnv(t *testing.T, kind string, size int64) env {
+	t.Helper()
+	d := t.TempDir()
+	checkpoint.LockPath = filepath.Join(d, "lock")
+	e := env{region: filepath.Join(d, "region"), journal: filepath.Join(d, "journal.json"), state: filepath.Join(d, "resumed.json")}
+	if err := memregion.Format(e.region, memregion.FormatOptions{Kind: kind, Size: size}); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e env) opts(bs ...hypervisors.Backend) checkpoint.Options {
+	return checkpoint.Options{Region: e.region, Backends: bs, Journal: e.journal}
+}
+
+func (e env) resume(bs ...hypervisors.Backend) restore.Options {
+	return restore.Options{Region: e.region, Backends: bs, Journal: e.journal, State: e.state}
+}
+
+func suspend(t *testing.T, ctx context.Context, o checkpoint.Options) (*checkpoint.Result, error) {
+	t.Helper()
+	p, err := checkpoint.NewPlan(ctx, o)
+	if err != nil {
+		t.Fatalf("plan: %v", err)
+	}
+	return checkpoint.Suspend(ctx, p)
+}
+
+func TestSuspendAndResume(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := newFake("a", map[string]int64{"x": 3 << 20, "y": 1 << 20})
+	b := newFake("b", map[string]int64{"z": 2 << 20})
+	ctx := context.Background()
+	res, err := suspend(t, ctx, e.opts(a, b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Bytes != 6<<20 || len(res.Workloads) != 3 {
+		t.Fatalf("result %+v", res)
+	}
+	for _, s := range []string{a.state("x"), a.state("y"), b.state("z")} {
+		if s != "ended" {
+			t.Fatalf("after suspend a workload is %s, want ended", s)
+		}
+	}
+	rr, err := restore.ResumeAll(ctx, e.resume(a, b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rr.Restored) != 3 || !rr.Released {
+		t.Fatalf("resume %+v", rr)
+	}
+	if a.state("x") != "running" || b.state("z") != "running" {
+		t.Fatal("not running after resume")
+	}
+}
+
+func TestLargestFirstWithinConcurrency(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := newFake("a", map[string]int64{"s1": 1 << 20, "s2": 1 << 20, "l": 8 << 20, "m": 4 << 20, "s3": 1 << 20})
+	a.dumpDelay = 50 * time.Millisecond
+	o := e.opts(a)
+	o.Concurrency = 2
+	if _, err := suspend(t, context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	if a.order[0] != "l" || a.order[1] != "m" {
+		t.Fatalf("dump order %v; want the largest first", a.order)
+	}
+	if n := a.maxFlight.Load(); n > 2 || n < 2 {
+		t.Fatalf("%d dumps at once; want 2", n)
+	}
+}
+
+func TestDumpFailureRollsBack(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := newFake("a", map[string]int64{"x": 1 << 20, "bad": 1 << 20})
+	b := newFake("b", map[string]int64{"z": 1 << 20})
+	a.failDump = "bad"
+	_, err := suspend(t, context.Background(), e.opts(a, b))
+	var pe *checkpoint.PhaseError
+	if !errors.As(err, &pe) || pe.Phase != "dump" || pe.Workload != "a/bad" || pe.Rollback != nil {
+		t.Fatalf("err = %v; want a dump PhaseError naming a/bad with a complete rollback", err)
+	}
+	for _, s := range []string{a.state("x"), a.state("bad"), b.state("z")} {
+		if s != "running" {
+			t.Fatalf("after a failed dump a workload is %s", s)
+		}
+	}
+	assertRegionEmpty(t, e)
+	if j, _ := checkpoint.ReadJournal(e.journal); j != nil {
+		t.Fatalf("journal left after a clean rollback: %+v", j)
+	}
+}
+
+func TestRegionFullRollsBack(t *testing.T) {
+	e := newEnv(t, memregion.KindRaw, 64<<20)
+	a := newFake("a", map[string]int64{"x": 8 << 20})
+	o := e.opts(a)
+	o.Headroom = 1 << 20
+	p, err := checkpoint.NewPlan(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	a.ws["x"].size = 128 << 20 // it grew after the plan
+	a.mu.Unlock()
+	_, err = checkpoint.Suspend(context.Background(), p)
+	if !errors.Is(err, memregion.ErrNoSpace) {
+		t.Fatalf("err = %v; want ErrNoSpace", err)
+	}
+	if a.state("x") != "running" {
+		t.Fatal("workload not running after the region filled up")
+	}
+	assertRegionEmpty(t, e)
+}
+
+func TestPlanRefusesTooSmallRegion(t *testing.T) {
+	e := newEnv(t, memregion.KindRaw, 64<<20)
+	a := newFake("a", map[string]int64{"x": 100 << 20})
+	_, err := checkpoint.NewPlan(context.Background(), e.opts(a))
+	var pe *checkpoint.PlanError
+	if !errors.As(err, &pe) || !strings.Contains(err.Error(), "region") {
+		t.Fatalf("err = %v; want a PlanError about the region", err)
+	}
+	if a.state("x") != "running" {
+		t.Fatal("plan touched a workload")
+	}
+}
+
+func TestCancelRollsBack(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := newFake("a", map[string]int64{"x": 1 << 20, "y": 1 << 20})
+	a.dumpDelay = 5 * time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	_, err := suspend(t, ctx, e.opts(a))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v; want context.Canceled", err)
+	}
+	if a.state("x") != "running" || a.state("y") != "running" {
+		t.Fatal("a cancelled suspend left workloads frozen")
+	}
+}
+
+// TestRecoverAfterCrash: a journal left by a run that died mid-dump makes
+// Recover (and the next run) thaw what it froze.
+func TestRecoverAfterCrash(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := newFake("a", map[string]int64{"x": 1 << 20})
+	a.set("x", "running", "frozen")
+	j := &checkpoint.Journal{Path: e.journal, Region: e.region, State: checkpoint.StateFrozen,
+		Workloads: []hypervisors.Workload{{ID: "x", Backend: "a"}}}
+	if err := j.Save(); err != nil {
+		t.Fatal(err)
+	}
+	thawed, err := checkpoint.Recover(context.Background(), e.journal, []hypervisors.Backend{a}, nil)
+	if err != nil || len(thawed) != 1 || a.state("x") != "running" {
+		t.Fatalf("Recover = %v, %v; state %s", thawed, err, a.state("x"))
+	}
+	if j, _ := checkpoint.ReadJournal(e.journal); j != nil {
+		t.Fatal("journal kept after recovery")
+	}
+	// And automatically at the next suspend.
+	a.set("x", "running", "frozen")
+	j.Save()
+	if _, err := suspend(t, context.Background(), e.opts(a)); err != nil {
+		t.Fatalf("suspend after a crash: %v", err)
+	}
+}
+
+// TestResumeRetriesOnlyFailed: a failed restore keeps its images, the
+// others go on, and a second resume-all restores only the failed one.
+func TestResumeRetriesOnlyFailed(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := newFake("a", map[string]int64{"x": 1 << 20, "y": 1 << 20})
+	ctx := context.Background()
+	if _, err := suspend(t, ctx, e.opts(a)); err != nil {
+		t.Fatal(err)
+	}
+	a.failRestore = "y"
+	rr, err := restore.ResumeAll(ctx, e.resume(a))
+	if !errors.Is(err, restore.ErrPartial) || len(rr.Failed) != 1 || rr.Released {
+		t.Fatalf("first resume = %+v, %v; want y failed and the region kept", rr, err)
+	}
+	a.failRestore = ""
+	rr, err = restore.ResumeAll(ctx, e.resume(a))
+	if err != nil || len(rr.Restored) != 1 || rr.Restored[0].Key != "a/y" || !rr.Released {
+		t.Fatalf("second resume = %+v, %v; want only a/y, then release", rr, err)
+	}
+	if a.ws["x"].restored != 1 || a.ws["y"].restored != 1 {
+		t.Fatalf("restored x %d times, y %d times", a.ws["x"].restored, a.ws["y"].restored)
+	}
+}
+
+// TestResumeRefusesCorruptObject: the workload whose object is corrupt is
+// refused and keeps its images; the others are restored.
+func TestResumeRefusesCorruptObject(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := newFake("a", map[string]int64{"x": 1 << 20, "y": 1 << 20})
+	ctx := context.Background()
+	if _, err := suspend(t, ctx, e.opts(a)); err != nil {
+		t.Fatal(err)
+	}
+	corruptObject(t, e.region, "y")
+	rr, err := restore.ResumeAll(ctx, e.resume(a))
+	if !errors.Is(err, restore.ErrPartial) || len(rr.Failed) != 1 || !strings.Contains(rr.Failed[0].Error, "checksum") {
+		t.Fatalf("resume = %+v, %v; want a/y refused for its checksum", rr, err)
+	}
+	if a.state("x") != "running" || a.state("y") != "ended" {
+		t.Fatalf("x %s, y %s", a.state("x"), a.state("y"))
+	}
+	r, err := memregion.Open(e.region, memregion.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if sealed, _ := r.Sealed(); !sealed {
+		t.Fatal("the region was released with a workload not restored")
+	}
+}
+
+func assertRegionEmpty(t *testing.T, e env) {
+	t.Helper()
+	r, err := memregion.Open(e.region, memregion.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if sealed, _ := r.Sealed(); sealed {
+		t.Fatal("region sealed after a rollback")
+	}
+	if n := len(r.Objects()); n != 0 {
+		t.Fatalf("%d objects left after a rollback", n)
+	}
+}
