@@ -476,4 +476,3 @@ func dumpAll(ctx context.Context, p *Plan, r *memregion.Region, records []memreg
 	}
 	return ctx.Err()
 }
-

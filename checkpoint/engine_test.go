@@ -85,7 +85,9 @@ func (f *fake) state(id string) string {
 func (f *fake) Freeze(_ context.Context, w hypervisors.Workload) error {
 	return f.set(w.ID, "running", "frozen")
 }
-func (f *fake) Thaw(_ context.Context, w hypervisors.Workload) error { return f.set(w.ID, "", "running") }
+func (f *fake) Thaw(_ context.Context, w hypervisors.Workload) error {
+	return f.set(w.ID, "", "running")
+}
 func (f *fake) Finish(_ context.Context, w hypervisors.Workload) error {
 	return f.set(w.ID, "frozen", "ended")
 }

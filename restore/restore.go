@@ -273,4 +273,3 @@ func writeState(path string, st state) error {
 	}
 	return os.Rename(tmp, path)
 }
-
