@@ -192,7 +192,8 @@ func ResumeAll(ctx context.Context, opts Options) (*Result, error) {
 				}
 				w := hypervisors.Workload{ID: rec.ID, Kind: rec.Kind, Backend: rec.Backend, MemoryBytes: rec.MemoryBytes}
 				src := hypervisors.RegionSource{Region: r, Manifest: m, Prefix: checkpoint.ObjectPrefix(w)}
-				done(k, time.Since(t0), b.Restore(ctx, w, rec.Restore, src))
+				err := b.Restore(ctx, w, rec.Restore, src)
+				done(k, time.Since(t0), err)
 				return nil
 			})
 		}

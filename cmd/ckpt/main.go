@@ -1,7 +1,8 @@
 // Command ckpt suspends every container and VM of a host into memory that
 // survives kexec, boots a new kernel, and resumes them.
 //
-// Exit codes: 0 success, 1 error, 2 usage error.
+// Exit codes: 0 success, 1 error, 2 usage error, 3 some workloads could
+// not be resumed (they keep their images; run resume-all again).
 package main
 
 import (
@@ -38,6 +39,10 @@ func main() {
 	var ue usageError
 	if errors.As(err, &ue) {
 		os.Exit(exitUsage)
+	}
+	var pe partialError
+	if errors.As(err, &pe) {
+		os.Exit(exitPartial)
 	}
 	os.Exit(exitError)
 }

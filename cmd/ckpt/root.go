@@ -43,6 +43,12 @@ func newRootCommand() *cobra.Command {
 		newRegionCommand(g),
 		newKexecCommand(g),
 		newDemoCommand(g),
+		newPlanCommand(g),
+		newSuspendAllCommand(g),
+		newResumeAllCommand(g),
+		newResumeCommand(g),
+		newRecoverCommand(g),
+		newStatusCommand(g),
 	)
 	return root
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/hypervisors/criu"
 	"github.com/ckpt-dev/ckpt/internal/testenv"
+	"github.com/ckpt-dev/ckpt/internal/workloads"
 	"github.com/ckpt-dev/ckpt/memregion"
 )
 
@@ -45,10 +46,10 @@ func benchRegion(b *testing.B) *memregion.Region {
 	return r
 }
 
-func startBenchContainer(b *testing.B, root string, mib int) (*container, hypervisors.Workload) {
+func startBenchContainer(b *testing.B, root string, mib int) (*workloads.Container, hypervisors.Workload) {
 	b.Helper()
-	c := startContainerTB(b, root, checkpointable, mib)
-	return c, hypervisors.Workload{ID: c.id, Kind: "container", Backend: criu.Name}
+	c := workloads.StartContainer(b, root, workloads.Checkpointable, mib)
+	return c, hypervisors.Workload{ID: c.ID, Kind: "container", Backend: criu.Name}
 }
 
 // BenchmarkDumpRestore suspends one container holding the given anonymous

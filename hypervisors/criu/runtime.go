@@ -142,7 +142,7 @@ func New(_ context.Context, cfg Config, log *slog.Logger) (*Runtime, error) {
 	memTrack := err == nil && feat.GetMemTrack() &&
 		exec.Command(criuPath, "check", "--feature", "mem_dirty_track").Run() == nil
 	if !memTrack {
-		log.Info("CRIU cannot track dirty memory here (kernel without CONFIG_MEM_SOFT_DIRTY?): no pre-dump")
+		log.Debug("CRIU cannot track dirty memory here (kernel without CONFIG_MEM_SOFT_DIRTY?): no pre-dump")
 	}
 	return &Runtime{cfg: cfg, log: log, criuVersion: v, memTrack: memTrack}, nil
 }

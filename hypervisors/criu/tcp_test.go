@@ -14,6 +14,7 @@ import (
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/hypervisors/criu"
+	"github.com/ckpt-dev/ckpt/internal/workloads"
 	"github.com/ckpt-dev/ckpt/memregion"
 )
 
@@ -88,17 +89,17 @@ func TestEstablishedTCPConnectionSurvives(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			var c *container
+			var c *workloads.Container
 			w := hypervisors.Workload{}
 			if tc.tree {
 				c = startTree(t, 64)
-				w.ID = "cgroup:/" + c.id
+				w.ID = "cgroup:/" + c.ID
 			} else {
-				c = startContainerTB(t, root, checkpointable, 64)
-				w.ID = c.id
+				c = workloads.StartContainer(t, root, workloads.Checkpointable, 64)
+				w.ID = c.ID
 			}
 			p := &probe{c: c, logDir: logs, tree: tc.tree}
-			conv := converse(t, c.addr)
+			conv := converse(t, c.Addr)
 			conv.send(t, "echo before")
 			conv.expect(t, "before")
 			if err := b.Freeze(ctx, w); err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/ckpt-dev/ckpt/hypervisors/conformance"
 	"github.com/ckpt-dev/ckpt/hypervisors/criu"
 	"github.com/ckpt-dev/ckpt/internal/testenv"
+	"github.com/ckpt-dev/ckpt/internal/workloads"
 )
 
 // treeCgroups are the hierarchies a test process tree joins: the freezer
@@ -28,11 +29,11 @@ func treeCgroups(t testing.TB, name string) []string {
 
 // startTree runs testload as a plain process tree (its own session, stdout
 // on a pipe, a child process) in a fresh cgroup /<id>.
-func startTree(t *testing.T, memMiB int) *container {
+func startTree(t *testing.T, memMiB int) *workloads.Container {
 	t.Helper()
-	port := freePort(t)
-	c := &container{id: fmt.Sprintf("ckpt-tree-%d-%d", os.Getpid(), seq.Add(1)), addr: fmt.Sprintf("127.0.0.1:%d", port)}
-	dirs := treeCgroups(t, c.id)
+	port := workloads.FreePort(t)
+	c := &workloads.Container{ID: fmt.Sprintf("ckpt-tree-%d-%d", os.Getpid(), workloads.Seq.Add(1)), Addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	dirs := treeCgroups(t, c.ID)
 	join := ""
 	for _, d := range dirs {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -43,8 +44,8 @@ func startTree(t *testing.T, memMiB int) *container {
 	bin := testenv.StaticBinary(t, "./internal/testload")
 	// A supervisor outside the cgroup is the tree's parent and reaps its
 	// orphans, as systemd does for a service.
-	cmd := exec.Command(bin, "-supervise", "/bin/sh", "-c", join+"exec "+bin+" -mem "+strconv.Itoa(memMiB)+" -listen "+c.addr)
-	cmd.Env = append(os.Environ(), checkpointable...)
+	cmd := exec.Command(bin, "-supervise", "/bin/sh", "-c", join+"exec "+bin+" -mem "+strconv.Itoa(memMiB)+" -listen "+c.Addr)
+	cmd.Env = append(os.Environ(), workloads.Checkpointable...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	pr, pw, err := os.Pipe()
 	if err != nil {
@@ -55,7 +56,7 @@ func startTree(t *testing.T, memMiB int) *container {
 		t.Fatal(err)
 	}
 	pw.Close()
-	go c.drain(pr)
+	go c.Drain(pr)
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		cmd.Wait()
@@ -78,12 +79,12 @@ func startTree(t *testing.T, memMiB int) *container {
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		if _, err := c.ask("tick"); err == nil {
+		if _, err := c.Ask("tick"); err == nil {
 			return c
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("process tree %s did not answer on %s", c.id, c.addr)
+	t.Fatalf("process tree %s did not answer on %s", c.ID, c.Addr)
 	return nil
 }
 
@@ -97,7 +98,7 @@ func TestProcessTreeConformance(t *testing.T) {
 		Backend: b,
 		Start: func(t *testing.T) (string, conformance.Probe) {
 			c := startTree(t, testMemMiB)
-			return "cgroup:/" + c.id, &probe{c: c, logDir: logs, tree: true}
+			return "cgroup:/" + c.ID, &probe{c: c, logDir: logs, tree: true}
 		},
 	})
 }

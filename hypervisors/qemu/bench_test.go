@@ -11,6 +11,7 @@ import (
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/hypervisors/qemu"
 	"github.com/ckpt-dev/ckpt/internal/testenv"
+	"github.com/ckpt-dev/ckpt/internal/workloads"
 	"github.com/ckpt-dev/ckpt/memregion"
 )
 
@@ -73,7 +74,7 @@ func BenchmarkSaveRestore(b *testing.B) {
 				var ram, transferred int64
 				for range b.N {
 					b.StopTimer()
-					g := startGuestData(b, emu, sockDir, mib, mib/2, extra...)
+					g := workloads.StartGuestData(b, emu, sockDir, mib, mib/2, extra...)
 					r := shmRegion(b)
 					ws, err := be.Discover(ctx)
 					if err != nil || len(ws) != 1 {
@@ -119,10 +120,10 @@ func BenchmarkSaveRestore(b *testing.B) {
 					b.StopTimer()
 					ram += w.MemoryBytes
 					memcpyT += testenv.MemcpyTime(w.MemoryBytes)
-					if n := g.ticks(); n == 0 {
+					if n := g.Ticks(); n == 0 {
 						b.Fatal("guest does not tick")
 					}
-					killBySocket(g.socket)
+					workloads.KillBySocket(g.Socket)
 				}
 				gbps := func(d time.Duration) float64 { return float64(ram) / d.Seconds() / 1e9 }
 				b.ReportMetric(gbps(save), "save-GB/s")

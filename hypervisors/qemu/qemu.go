@@ -98,6 +98,7 @@ type vm struct {
 	socket     string
 	id         string
 	wasRunning bool            // status at Freeze, for Thaw
+	frozeHere  bool            // Freeze ran in this process
 	bandwidth  json.RawMessage // max-bandwidth before the dump
 }
 
@@ -292,7 +293,7 @@ func (b *Backend) Freeze(ctx context.Context, w hypervisors.Workload) error {
 	if err := v.mon.Execute(ctx, "query-status", nil, &st); err != nil {
 		return err
 	}
-	v.wasRunning = st.Running
+	v.wasRunning, v.frozeHere = st.Running, true
 	return v.mon.Execute(ctx, "stop", nil, nil)
 }
 
@@ -310,9 +311,22 @@ func (b *Backend) Thaw(ctx context.Context, w hypervisors.Workload) error {
 		errs = append(errs, v.mon.Execute(ctx, "migrate-set-parameters", map[string]json.RawMessage{"max-bandwidth": v.bandwidth}, nil))
 		v.bandwidth = nil
 	}
-	if v.wasRunning {
+	cont := v.wasRunning
+	if !v.frozeHere {
+		// Another ckpt froze it and crashed (recover): continue a VM that
+		// is paused, or was left by a failed migration.
+		var st struct {
+			Status string `json:"status"`
+		}
+		if err := v.mon.Execute(ctx, "query-status", nil, &st); err != nil {
+			return err
+		}
+		cont = st.Status == "paused" || st.Status == "postmigrate" || st.Status == "finish-migrate"
+	}
+	if cont {
 		errs = append(errs, v.mon.Execute(ctx, "cont", nil, nil))
 	}
+	v.frozeHere = false
 	return errors.Join(errs...)
 }
 

@@ -1,19 +1,13 @@
 package qemu_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,186 +15,41 @@ import (
 	"github.com/ckpt-dev/ckpt/hypervisors/conformance"
 	"github.com/ckpt-dev/ckpt/hypervisors/qemu"
 	"github.com/ckpt-dev/ckpt/internal/testenv"
+	"github.com/ckpt-dev/ckpt/internal/workloads"
 	"github.com/ckpt-dev/ckpt/memregion"
 )
 
-// guestDataMiB is the pseudo-random memory the guest's init holds and
-// re-checksums every two seconds.
-const guestDataMiB = 128
-
-var seq atomic.Int64
-
-// guestKernel is the Debian 6.1 kernel hack/setup.sh unpacks.
-func guestKernel(t testing.TB) string {
-	t.Helper()
-	vm, _ := filepath.Glob(filepath.Join(testenv.CacheDir(), "kernels", "6.1", "boot", "vmlinuz-*"))
-	if len(vm) != 1 {
-		testenv.Missing(t, "Debian 6.1 guest kernel not unpacked under %s (run hack/setup.sh)", testenv.CacheDir())
-	}
-	return vm[0]
-}
-
-var (
-	initrdOnce sync.Once
-	initrdPath string
-	initrdErr  error
-)
-
-// guestInitrd is an initramfs whose /init is testload in guest mode.
-func guestInitrd(t testing.TB) string {
-	t.Helper()
-	bin := testenv.StaticBinary(t, "./internal/testload")
-	initrdOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ckpt-guest-")
-		if err != nil {
-			initrdErr = err
-			return
-		}
-		root := filepath.Join(dir, "root")
-		os.MkdirAll(filepath.Join(root, "dev"), 0o755)
-		b, err := os.ReadFile(bin)
-		if err == nil {
-			err = os.WriteFile(filepath.Join(root, "init"), b, 0o755)
-		}
-		if err != nil {
-			initrdErr = err
-			return
-		}
-		initrdPath = filepath.Join(dir, "initrd.cpio")
-		cmd := exec.Command("sh", "-c", "find . | cpio -o -H newc --quiet > "+initrdPath)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			initrdErr = fmt.Errorf("cpio: %v: %s", err, out)
-		}
-	})
-	if initrdErr != nil {
-		t.Fatal(initrdErr)
-	}
-	return initrdPath
-}
-
-// guest is one QEMU VM started by a test.
-type guest struct {
-	id, socket, console string
-}
-
-// startGuest boots a TCG VM with QMP on a socket in sockDir.
-func startGuest(t testing.TB, emulator, sockDir string, memMiB int) *guest {
-	t.Helper()
-	return startGuestData(t, emulator, sockDir, memMiB, guestDataMiB)
-}
-
-// startGuestData boots a guest whose init holds dataMiB of data; extra
-// are more QEMU arguments.
-func startGuestData(t testing.TB, emulator, sockDir string, memMiB, dataMiB int, extra ...string) *guest {
-	t.Helper()
-	testenv.RequireTool(t, "cpio")
-	g := &guest{id: fmt.Sprintf("ckpt-vm-%d-%d", os.Getpid(), seq.Add(1))}
-	g.socket = filepath.Join(sockDir, g.id+".qmp")
-	g.console = filepath.Join(t.TempDir(), "console.log")
-	cmdline := fmt.Sprintf("console=ttyS0 quiet panic=-1 rdinit=/init -- -guest -child= -listen= -mem %d -tick 100ms -sum-every 2s", dataMiB)
-	args := []string{"-name", "guest=" + g.id, "-machine", "pc", "-m", strconv.Itoa(memMiB) + "M", "-nodefaults", "-display", "none",
-		"-no-reboot", "-kernel", guestKernel(t), "-initrd", guestInitrd(t), "-append", cmdline, "-smp", "1",
-		"-chardev", "file,id=ser0,path=" + g.console + ",append=on", "-serial", "chardev:ser0",
-		"-qmp", "unix:" + g.socket + ",server=on,wait=off"}
-	args = append(args, extra...)
-	cmd := exec.Command(emulator, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() { killBySocket(g.socket) })
-	deadline := time.Now().Add(3 * time.Minute)
-	for time.Now().Before(deadline) {
-		if g.ticks() > 0 {
-			return g
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("QEMU exited: %v: %s", err, stderr.String())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	b, _ := os.ReadFile(g.console)
-	t.Fatalf("guest %s did not start ticking; console:\n%s", g.id, tailLines(string(b), 20))
-	return nil
-}
-
-// killBySocket ends every QEMU whose command line names socket (the
-// original and any relaunched one).
-func killBySocket(socket string) {
-	ps, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range ps {
-		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), socket) {
-			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	}
-}
-
-func tailLines(s string, n int) string {
-	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
-}
-
-// ticks is the last counter value on the serial console.
-func (g *guest) ticks() int64 {
-	f, err := os.Open(g.console)
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	var n int64
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "tick "); ok {
-			if x, err := strconv.ParseInt(v, 10, 64); err == nil && x > n {
-				n = x
-			}
-		}
-	}
-	return n
-}
-
 // probe implements conformance.Probe for a guest.
 type probe struct {
-	g *guest
+	g *workloads.Guest
 	b *qemu.Backend
 }
 
-func (p *probe) Counter(t *testing.T) int64 { return p.g.ticks() }
+func (p *probe) Counter(t *testing.T) int64 { return p.g.Ticks() }
 
 // Intact waits for the guest's next checksum of its memory, and checks
 // that the VM is back behind its QMP socket and running.
 func (p *probe) Intact(t *testing.T) {
 	t.Helper()
-	fi, err := os.Stat(p.g.console)
+	fi, err := os.Stat(p.g.Console)
 	if err != nil {
 		t.Fatal(err)
 	}
 	from := fi.Size()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		b, _ := os.ReadFile(p.g.console)
+		b, _ := os.ReadFile(p.g.Console)
 		if int64(len(b)) > from {
 			fresh := string(b[from:])
 			if strings.Contains(fresh, "sum BAD") {
-				t.Fatalf("guest memory changed: %s", tailLines(fresh, 5))
+				t.Fatalf("guest memory changed: %s", workloads.TailLines(fresh, 5))
 			}
 			if strings.Contains(fresh, "sum OK") {
 				break
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("guest printed no checksum within 30s; console:\n%s", tailLines(string(b), 10))
+			t.Fatalf("guest printed no checksum within 30s; console:\n%s", workloads.TailLines(string(b), 10))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -211,14 +60,14 @@ func (p *probe) Intact(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, w := range ws {
-		if w.ID == p.g.id {
+		if w.ID == p.g.ID {
 			if w.Attrs["status"] != "running" {
 				t.Fatalf("VM %s is %s, want running", w.ID, w.Attrs["status"])
 			}
 			return
 		}
 	}
-	t.Fatalf("VM %s is not behind its QMP socket %s", p.g.id, p.g.socket)
+	t.Fatalf("VM %s is not behind its QMP socket %s", p.g.ID, p.g.Socket)
 }
 
 // emulators are the QEMUs hack/setup.sh installs: bookworm's 7.2 and
@@ -250,8 +99,8 @@ func TestConformance(t *testing.T) {
 				Backend: b,
 				Timeout: 3 * time.Minute,
 				Start: func(t *testing.T) (string, conformance.Probe) {
-					g := startGuest(t, emu, sockDir, 512)
-					return g.id, &probe{g: g, b: b}
+					g := workloads.StartGuest(t, emu, sockDir, 512)
+					return g.ID, &probe{g: g, b: b}
 				},
 			})
 		})
@@ -262,8 +111,8 @@ func TestConformance(t *testing.T) {
 func TestQMPErrorIsTyped(t *testing.T) {
 	testenv.RequireRoot(t)
 	sockDir := t.TempDir()
-	g := startGuest(t, emulators(t)["qemu7"], sockDir, 256)
-	mon, err := qemu.Dial(context.Background(), g.socket)
+	g := workloads.StartGuest(t, emulators(t)["qemu7"], sockDir, 256)
+	mon, err := qemu.Dial(context.Background(), g.Socket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,8 +122,8 @@ func TestQMPErrorIsTyped(t *testing.T) {
 	if !errors.As(err, &qe) || qe.Class != "CommandNotFound" {
 		t.Fatalf("err = %v; want a QMPError of class CommandNotFound", err)
 	}
-	if mon.PID <= 0 || !strings.Contains(readFile(fmt.Sprintf("/proc/%d/cmdline", mon.PID)), g.socket) {
-		t.Fatalf("Monitor.PID = %d is not the QEMU serving %s", mon.PID, g.socket)
+	if mon.PID <= 0 || !strings.Contains(readFile(fmt.Sprintf("/proc/%d/cmdline", mon.PID)), g.Socket) {
+		t.Fatalf("Monitor.PID = %d is not the QEMU serving %s", mon.PID, g.Socket)
 	}
 	_ = hypervisors.ErrNotFound
 }
@@ -292,17 +141,17 @@ func TestRAMStaysInPlace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plain := startGuest(t, emu, sockDir, 256)
-	id := fmt.Sprintf("ckpt-vm-%d-%d", os.Getpid(), seq.Load()+1)
-	g := startGuestData(t, emu, sockDir, 512, guestDataMiB,
+	plain := workloads.StartGuest(t, emu, sockDir, 256)
+	id := fmt.Sprintf("ckpt-vm-%d-%d", os.Getpid(), workloads.Seq.Load()+1)
+	g := workloads.StartGuestData(t, emu, sockDir, 512, workloads.GuestDataMiB,
 		"-object", "memory-backend-file,id=ram0,size=512M,mem-path="+filepath.Join(ramDir, id+".ram")+",share=on",
 		"-machine", "memory-backend=ram0")
 	ctx := context.Background()
-	err = b.RAMInPlace(ctx, hypervisors.Workload{ID: plain.id})
+	err = b.RAMInPlace(ctx, hypervisors.Workload{ID: plain.ID})
 	if !errors.Is(err, qemu.ErrRAMNotPreserved) || !strings.Contains(err.Error(), "memory-backend-file") {
 		t.Fatalf("RAMInPlace(plain VM) = %v; want ErrRAMNotPreserved saying how to qualify", err)
 	}
-	w := hypervisors.Workload{ID: g.id}
+	w := hypervisors.Workload{ID: g.ID}
 	if err := b.RAMInPlace(ctx, w); err != nil {
 		t.Fatalf("RAMInPlace: %v", err)
 	}
@@ -311,7 +160,7 @@ func TestRAMStaysInPlace(t *testing.T) {
 	if err := b.Freeze(ctx, w); err != nil {
 		t.Fatal(err)
 	}
-	frozenAt := g.ticks()
+	frozenAt := g.Ticks()
 	raw, err := b.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: "vm"})
 	if err != nil {
 		b.Thaw(ctx, w)
@@ -347,10 +196,10 @@ func TestRAMStaysInPlace(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for g.ticks() <= frozenAt && time.Now().Before(deadline) {
+	for g.Ticks() <= frozenAt && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	if g.ticks() <= frozenAt {
+	if g.Ticks() <= frozenAt {
 		t.Fatal("guest does not tick after the restore")
 	}
 	p.Intact(t)
@@ -378,15 +227,15 @@ func TestPreflightReportsMigrationBlocker(t *testing.T) {
 	testenv.RequireRoot(t)
 	sockDir := t.TempDir()
 	shm := filepath.Join(t.TempDir(), "ivshmem")
-	g := startGuestData(t, emulators(t)["qemu7"], sockDir, 256, 16,
+	g := workloads.StartGuestData(t, emulators(t)["qemu7"], sockDir, 256, 16,
 		"-object", "memory-backend-file,id=shm0,size=1M,mem-path="+shm+",share=on",
 		"-device", "ivshmem-plain,memdev=shm0")
 	b := newBackend(t, sockDir)
-	err := b.Preflight(context.Background(), hypervisors.Workload{ID: g.id})
+	err := b.Preflight(context.Background(), hypervisors.Workload{ID: g.ID})
 	if !errors.Is(err, hypervisors.ErrNotCheckpointable) || !strings.Contains(err.Error(), "ivshmem") {
 		t.Fatalf("Preflight = %v; want ErrNotCheckpointable naming ivshmem", err)
 	}
-	if err := b.Preflight(context.Background(), hypervisors.Workload{ID: startGuest(t, emulators(t)["qemu7"], sockDir, 256).id}); err != nil {
+	if err := b.Preflight(context.Background(), hypervisors.Workload{ID: workloads.StartGuest(t, emulators(t)["qemu7"], sockDir, 256).ID}); err != nil {
 		t.Fatalf("Preflight of a plain VM: %v", err)
 	}
 }
@@ -397,7 +246,7 @@ func TestPreflightReportsMigrationBlocker(t *testing.T) {
 func TestFailedDumpLeavesVMRunning(t *testing.T) {
 	testenv.RequireRoot(t)
 	sockDir := t.TempDir()
-	g := startGuest(t, emulators(t)["qemu7"], sockDir, 512)
+	g := workloads.StartGuest(t, emulators(t)["qemu7"], sockDir, 512)
 	b := newBackend(t, sockDir)
 	path := filepath.Join(t.TempDir(), "small")
 	if err := memregion.Format(path, memregion.FormatOptions{Kind: memregion.KindRaw, Size: 64 << 20}); err != nil {
@@ -409,11 +258,11 @@ func TestFailedDumpLeavesVMRunning(t *testing.T) {
 	}
 	defer r.Close()
 	ctx := context.Background()
-	w := hypervisors.Workload{ID: g.id}
+	w := hypervisors.Workload{ID: g.ID}
 	if err := b.Freeze(ctx, w); err != nil {
 		t.Fatal(err)
 	}
-	frozenAt := g.ticks()
+	frozenAt := g.Ticks()
 	_, err = b.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: "vm"})
 	if !errors.Is(err, memregion.ErrNoSpace) {
 		t.Fatalf("Dump into 64 MiB = %v; want ErrNoSpace", err)
@@ -423,10 +272,10 @@ func TestFailedDumpLeavesVMRunning(t *testing.T) {
 	}
 	r.Discard()
 	deadline := time.Now().Add(10 * time.Second)
-	for g.ticks() <= frozenAt && time.Now().Before(deadline) {
+	for g.Ticks() <= frozenAt && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	if g.ticks() <= frozenAt {
+	if g.Ticks() <= frozenAt {
 		t.Fatal("guest does not run after the failed dump and thaw")
 	}
 	(&probe{g: g, b: b}).Intact(t)
@@ -439,11 +288,11 @@ func TestFailedDumpLeavesVMRunning(t *testing.T) {
 func TestCorruptStateRefused(t *testing.T) {
 	testenv.RequireRoot(t)
 	sockDir := t.TempDir()
-	g := startGuest(t, emulators(t)["qemu7"], sockDir, 256)
+	g := workloads.StartGuest(t, emulators(t)["qemu7"], sockDir, 256)
 	b := newBackend(t, sockDir)
 	r := newRegionT(t)
 	ctx := context.Background()
-	w := hypervisors.Workload{ID: g.id}
+	w := hypervisors.Workload{ID: g.ID}
 	if err := b.Freeze(ctx, w); err != nil {
 		t.Fatal(err)
 	}

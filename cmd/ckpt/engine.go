@@ -1,0 +1,412 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/ckpt-dev/ckpt/checkpoint"
+	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
+	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/memregion"
+	"github.com/ckpt-dev/ckpt/restore"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	// The backends register themselves.
+	_ "github.com/ckpt-dev/ckpt/hypervisors/criu"
+	_ "github.com/ckpt-dev/ckpt/hypervisors/qemu"
+)
+
+// exitPartial: resume-all could not resume every workload.
+const exitPartial = 3
+
+// engineFlags are what the engine verbs share.
+type engineFlags struct {
+	region       string
+	journal      string
+	state        string
+	runcRoot     string
+	processTrees []string
+	qmpDir       string
+	qmpSockets   []string
+	ramDirs      []string
+	concurrency  int
+	only         []string
+}
+
+func (f *engineFlags) add(fs *pflag.FlagSet) {
+	fs.StringVar(&f.region, "region", "", "the region (pmem device, file or directory); required")
+	fs.StringVar(&f.journal, "journal", checkpoint.DefaultJournal, "journal of frozen workloads (on disk, not /run)")
+	fs.StringVar(&f.state, "resume-state", restore.DefaultState, "record of the workloads already resumed")
+	fs.StringVar(&f.runcRoot, "runc-root", "/run/runc", "runc --root of the containers to suspend")
+	fs.StringSliceVar(&f.processTrees, "process-tree", nil, "cgroup path or glob of a plain process tree (repeatable)")
+	fs.StringVar(&f.qmpDir, "qmp-dir", "/run/ckpt/qmp", "directory of VMs' QMP sockets (*.qmp, *.sock)")
+	fs.StringSliceVar(&f.qmpSockets, "qmp-socket", nil, "a VM's QMP socket (repeatable)")
+	fs.StringSliceVar(&f.ramDirs, "preserved-ram-dir", nil, "directory on preserved memory holding VMs' RAM files (repeatable)")
+	fs.IntVar(&f.concurrency, "concurrency", 0, "workloads dumped or restored at once (0: from the CPUs)")
+	fs.StringSliceVar(&f.only, "only", nil, "only these workloads (backend/id, repeatable)")
+}
+
+func anyList(s []string) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		out[i] = v
+	}
+	return out
+}
+
+// backends loads every registered backend that can run here.
+func (f *engineFlags) backends(ctx context.Context, log *slog.Logger) ([]hypervisors.Backend, error) {
+	cfg := map[string]map[string]any{
+		"criu": {"runc_root": f.runcRoot, "process_trees": anyList(f.processTrees)},
+		"qemu": {"socket_dir": f.qmpDir, "sockets": anyList(f.qmpSockets), "preserved_ram_dirs": anyList(f.ramDirs)},
+	}
+	bs, skipped, err := hypervisors.Load(ctx, cfg, log)
+	for name, why := range skipped {
+		log.Warn("backend not available", "backend", name, "reason", why)
+	}
+	return bs, err
+}
+
+func (f *engineFlags) needRegion() error {
+	if f.region == "" {
+		return usageError{errors.New("--region is required")}
+	}
+	return nil
+}
+
+// events prints progress: JSON lines with --json, else log lines.
+func (g *globals) events(w io.Writer, log *slog.Logger) func(checkpoint.Event) {
+	var mu sync.Mutex
+	enc := json.NewEncoder(w)
+	return func(e checkpoint.Event) {
+		if g.json {
+			mu.Lock()
+			enc.Encode(map[string]any{"event": e})
+			mu.Unlock()
+			return
+		}
+		attrs := []any{"phase", e.Phase}
+		if e.Workload != "" {
+			attrs = append(attrs, "workload", e.Workload)
+		}
+		if e.Bytes > 0 {
+			attrs = append(attrs, "bytes", memregion.HumanBytes(e.Bytes))
+		}
+		if e.Elapsed > 0 {
+			attrs = append(attrs, "took", fmt.Sprintf("%.2fs", e.Elapsed))
+		}
+		if e.Error != "" {
+			log.Warn("progress", append(attrs, "error", e.Error)...)
+			return
+		}
+		log.Info("progress", attrs...)
+	}
+}
+
+// kernelTarget resolves the kernel to kexec into: a version, or the
+// newest installed one (GRUB's default entry on a stock Debian).
+func kernelTarget(version string) (kexec.Image, error) {
+	if version == "" {
+		ks, _ := filepath.Glob("/boot/vmlinuz-*")
+		if len(ks) == 0 {
+			return kexec.Image{}, errors.New("no kernel in /boot")
+		}
+		sort.Slice(ks, func(i, j int) bool { return versionLess(ks[i], ks[j]) })
+		version = strings.TrimPrefix(filepath.Base(ks[len(ks)-1]), "vmlinuz-")
+	}
+	img := kexec.Image{Kernel: "/boot/vmlinuz-" + version, Initrd: "/boot/initrd.img-" + version}
+	if _, err := os.Stat(img.Kernel); err != nil {
+		return img, fmt.Errorf("target kernel: %w", err)
+	}
+	if _, err := os.Stat(img.Initrd); err != nil {
+		img.Initrd = ""
+	}
+	cur, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return img, err
+	}
+	img.Cmdline = strings.TrimSpace(string(cur)) // keeps memmap=
+	return img, nil
+}
+
+// versionLess compares kernel file names numerically where they differ
+// by numbers ("6.1.0-9" < "6.1.0-10").
+func versionLess(a, b string) bool {
+	fa, fb := strings.FieldsFunc(a, notDigit), strings.FieldsFunc(b, notDigit)
+	for i := 0; i < len(fa) && i < len(fb); i++ {
+		var x, y int
+		fmt.Sscan(fa[i], &x)
+		fmt.Sscan(fb[i], &y)
+		if x != y {
+			return x < y
+		}
+	}
+	return len(fa) < len(fb)
+}
+
+func notDigit(r rune) bool { return r < '0' || r > '9' }
+
+func newSuspendAllCommand(g *globals) *cobra.Command {
+	var f engineFlags
+	var kernel string
+	var noKexec, loadOnly, preDump bool
+	c := &cobra.Command{
+		Use:   "suspend-all",
+		Short: "Freeze every workload, dump them into the region, commit, and kexec into the new kernel",
+		Long: `suspend-all plans (nothing is touched if the plan finds a problem), loads the
+target kernel, freezes every container and VM, dumps them in parallel into the region,
+seals the manifest (the commit point), ends the originals and kexecs into the target
+kernel. Any failure before the commit point thaws every workload on this kernel.`,
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.needRegion(); err != nil {
+				return err
+			}
+			ctx, cancel := g.context(cmd)
+			defer cancel()
+			log := g.logger()
+			bs, err := f.backends(ctx, log)
+			if err != nil {
+				return err
+			}
+			opts := checkpoint.Options{Region: f.region, Backends: bs, Concurrency: f.concurrency, Only: f.only,
+				Journal: f.journal, PreDump: preDump, Logger: log, Events: g.events(cmd.OutOrStdout(), log)}
+			var img kexec.Image
+			if !noKexec {
+				if img, err = kernelTarget(kernel); err != nil {
+					return err
+				}
+				opts.Attributes = map[string]string{"target_kernel": img.Kernel}
+			}
+			plan, err := checkpoint.NewPlan(ctx, opts)
+			if err != nil {
+				return err
+			}
+			if !noKexec {
+				// Load first: a kernel that cannot be loaded stops us
+				// before anything is frozen.
+				if err := kexec.Load(img); err != nil {
+					return fmt.Errorf("%w (use --no-kexec to suspend for a full reboot or a soft-reboot)", err)
+				}
+			}
+			res, err := checkpoint.Suspend(ctx, plan)
+			if err != nil {
+				if !noKexec && res == nil {
+					kexec.Unload() // rolled back: a later reboot must not kexec by surprise
+				}
+				return err
+			}
+			g.print(cmd.OutOrStdout(), res, func(w io.Writer) {
+				fmt.Fprintf(w, "committed %d workloads, %s, at %.2f GB/s with %d at once\n", len(res.Workloads),
+					memregion.HumanBytes(res.Bytes), res.GBps, res.Concurrency)
+				for _, wr := range res.Workloads {
+					fmt.Fprintf(w, "  %-40s %10s  frozen %.2fs  dump %.2fs\n", wr.Key, memregion.HumanBytes(wr.Bytes), wr.FrozenS, wr.DumpS)
+				}
+			})
+			if noKexec || loadOnly {
+				return nil
+			}
+			return kexec.Exec()
+		},
+	}
+	f.add(c.Flags())
+	c.Flags().StringVar(&kernel, "kernel", "", "kernel version to boot (default: the newest in /boot)")
+	c.Flags().BoolVar(&noKexec, "no-kexec", false, "stop after the commit (for a soft-reboot or a full reboot with a disk region)")
+	c.Flags().BoolVar(&loadOnly, "load-only", false, "load the kernel but do not execute it")
+	c.Flags().BoolVar(&preDump, "pre-dump", true, "copy memory ahead of the freeze where backends can")
+	return c
+}
+
+func newPlanCommand(g *globals) *cobra.Command {
+	var f engineFlags
+	c := &cobra.Command{
+		Use:   "plan",
+		Short: "Dry run: what suspend-all would freeze, how many bytes, and what blocks it",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.needRegion(); err != nil {
+				return err
+			}
+			ctx, cancel := g.context(cmd)
+			defer cancel()
+			log := g.logger()
+			bs, err := f.backends(ctx, log)
+			if err != nil {
+				return err
+			}
+			p, perr := checkpoint.NewPlan(ctx, checkpoint.Options{Region: f.region, Backends: bs, Only: f.only, Logger: log})
+			g.print(cmd.OutOrStdout(), p, func(w io.Writer) {
+				fmt.Fprintf(w, "%d workloads, %s to dump; region %s free of %s\n", len(p.Workloads), memregion.HumanBytes(p.Bytes),
+					memregion.HumanBytes(p.RegionFree), memregion.HumanBytes(p.RegionTotal))
+				for _, pl := range p.Workloads {
+					fmt.Fprintf(w, "  %-40s %-12s %10s  %s\n", pl.Key, pl.Workload.Kind, memregion.HumanBytes(pl.Bytes), pl.Problem)
+				}
+			})
+			return perr
+		},
+	}
+	f.add(c.Flags())
+	return c
+}
+
+func newResumeAllCommand(g *globals) *cobra.Command {
+	var f engineFlags
+	var order []string
+	var keep bool
+	c := &cobra.Command{
+		Use:   "resume-all",
+		Short: "Verify the region and resume every suspended workload, then release the region",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runResume(cmd, g, &f, f.only, order, keep)
+		},
+	}
+	f.add(c.Flags())
+	c.Flags().StringSliceVar(&order, "order", nil, "restore these first, in waves: backend/id, kind (vm, container) or backend")
+	c.Flags().BoolVar(&keep, "keep-region", false, "keep the checkpoint even when every workload is back")
+	return c
+}
+
+func newResumeCommand(g *globals) *cobra.Command {
+	var f engineFlags
+	c := &cobra.Command{
+		Use:   "resume BACKEND/ID...",
+		Short: "Retry the restore of some workloads of the checkpoint",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageError{errors.New("name at least one workload (backend/id)")}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error { return runResume(cmd, g, &f, args, nil, false) },
+	}
+	f.add(c.Flags())
+	return c
+}
+
+// partialError exits with exitPartial.
+type partialError struct{ err error }
+
+func (e partialError) Error() string { return e.err.Error() }
+func (e partialError) Unwrap() error { return e.err }
+
+func runResume(cmd *cobra.Command, g *globals, f *engineFlags, only, order []string, keep bool) error {
+	if err := f.needRegion(); err != nil {
+		return err
+	}
+	ctx, cancel := g.context(cmd)
+	defer cancel()
+	log := g.logger()
+	bs, err := f.backends(ctx, log)
+	if err != nil {
+		return err
+	}
+	res, err := restore.ResumeAll(ctx, restore.Options{Region: f.region, Backends: bs, Concurrency: f.concurrency, Order: order,
+		Only: only, KeepRegion: keep, State: f.state, Journal: f.journal, Logger: log, Events: g.events(cmd.OutOrStdout(), log)})
+	if res != nil {
+		g.print(cmd.OutOrStdout(), res, func(w io.Writer) {
+			fmt.Fprintf(w, "resumed %d, failed %d, already resumed %d in %.2fs; region released: %v\n",
+				len(res.Restored), len(res.Failed), len(res.Skipped), res.Seconds, res.Released)
+			for _, r := range res.Failed {
+				fmt.Fprintf(w, "  FAILED %s: %s\n", r.Key, r.Error)
+			}
+		})
+	}
+	if errors.Is(err, restore.ErrPartial) {
+		return partialError{err}
+	}
+	return err
+}
+
+func newRecoverCommand(g *globals) *cobra.Command {
+	var f engineFlags
+	c := &cobra.Command{
+		Use:   "recover",
+		Short: "Thaw the workloads a crashed suspend-all left frozen",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := g.context(cmd)
+			defer cancel()
+			log := g.logger()
+			bs, err := f.backends(ctx, log)
+			if err != nil {
+				return err
+			}
+			thawed, err := checkpoint.Recover(ctx, f.journal, bs, log)
+			g.print(cmd.OutOrStdout(), map[string]any{"thawed": thawed}, func(w io.Writer) {
+				if len(thawed) == 0 {
+					fmt.Fprintln(w, "nothing to recover")
+				}
+				for _, k := range thawed {
+					fmt.Fprintln(w, "thawed", k)
+				}
+			})
+			return err
+		},
+	}
+	f.add(c.Flags())
+	return c
+}
+
+func newStatusCommand(g *globals) *cobra.Command {
+	var f engineFlags
+	c := &cobra.Command{
+		Use:   "status",
+		Short: "Region state, loaded kexec kernel, journal, workloads, and whether the host asks for a reboot",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := g.context(cmd)
+			defer cancel()
+			log := g.logger()
+			st := map[string]any{}
+			if f.region != "" {
+				if r, err := memregion.Open(f.region, memregion.Options{}); err != nil {
+					st["region"] = err.Error()
+				} else {
+					sealed, _ := r.Sealed()
+					info := map[string]any{"path": f.region, "kind": r.Kind(), "committed": sealed}
+					if m, err := r.Manifest(); err == nil {
+						info["workloads"], info["bytes"], info["kernel"], info["created"] = len(m.Workloads), m.TotalBytes(), m.Kernel, m.Created
+					}
+					st["region"] = info
+					r.Close()
+				}
+			}
+			loaded, err := kexec.Loaded()
+			st["kexec_loaded"] = loaded && err == nil
+			if j, _ := checkpoint.ReadJournal(f.journal); j != nil {
+				st["journal"] = j
+			}
+			_, err = os.Stat("/var/run/reboot-required")
+			st["reboot_required"] = err == nil
+			if b, err := os.ReadFile("/var/run/reboot-required.pkgs"); err == nil {
+				st["reboot_required_pkgs"] = strings.Fields(string(b))
+			}
+			var ws []hypervisors.Workload
+			if bs, err := f.backends(ctx, log); err == nil {
+				for _, b := range bs {
+					if found, err := b.Discover(ctx); err == nil {
+						ws = append(ws, found...)
+					}
+				}
+			}
+			st["workloads"] = ws
+			return g.print(cmd.OutOrStdout(), st, func(w io.Writer) {
+				b, _ := json.MarshalIndent(st, "", "  ")
+				fmt.Fprintln(w, string(b))
+			})
+		},
+	}
+	f.add(c.Flags())
+	return c
+}

@@ -1,0 +1,247 @@
+package integration
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ckpt-dev/ckpt/checkpoint"
+	"github.com/ckpt-dev/ckpt/internal/workloads"
+)
+
+// host is a set of real workloads (runc containers, QEMU VMs) and the
+// ckpt binary with flags pointing at them.
+type host struct {
+	t                              *testing.T
+	ckpt, runcRoot, qmpDir, region string
+	journal, state, lock, criuLogs string
+	containers                     []*workloads.Container
+	guests                         []*workloads.Guest
+}
+
+func newHost(t *testing.T) *host {
+	t.Helper()
+	requireRoot(t)
+	requireTool(t, "criu")
+	requireTool(t, "runc")
+	d := t.TempDir()
+	qmp, err := os.MkdirTemp("", "ckq") // unix socket paths are short
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(qmp) })
+	h := &host{t: t, ckpt: ckptBinary(t), runcRoot: filepath.Join(d, "runc"), qmpDir: qmp,
+		region: filepath.Join(d, "region"), journal: filepath.Join(d, "journal.json"), state: filepath.Join(d, "resumed.json"),
+		criuLogs: "/var/log/ckpt"}
+	if out, err := h.run("region", "format", h.region); err != nil {
+		t.Fatalf("region format: %v\n%s", err, out)
+	}
+	return h
+}
+
+func (h *host) container(env []string) *workloads.Container {
+	c := workloads.StartContainer(h.t, h.runcRoot, env, 64)
+	h.containers = append(h.containers, c)
+	return c
+}
+
+func (h *host) vm() *workloads.Guest {
+	g := workloads.StartGuest(h.t, requireTool(h.t, "qemu-system-x86_64"), h.qmpDir, 384)
+	h.guests = append(h.guests, g)
+	return g
+}
+
+// run runs ckpt with the engine flags for this host.
+func (h *host) run(args ...string) (string, error) {
+	h.t.Helper()
+	if len(args) > 0 && args[0] != "region" {
+		args = append(args, "--region", h.region, "--runc-root", h.runcRoot, "--qmp-dir", h.qmpDir,
+			"--journal", h.journal, "--resume-state", h.state)
+	}
+	cmd := exec.Command(h.ckpt, args...)
+	out, err := cmd.CombinedOutput()
+	h.t.Logf("ckpt %s:\n%s", strings.Join(args[:1], " "), out)
+	return string(out), err
+}
+
+// ticks is a container's counter: its stdout pipe before a suspend, its
+// log file after a restore.
+func (h *host) ticks(c *workloads.Container) int64 {
+	n := c.Ticks.Load()
+	if b, err := os.ReadFile(filepath.Join(h.criuLogs, c.ID+".log")); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := workloads.ParseTick(l); ok && v > n {
+				n = v
+			}
+		}
+	}
+	return n
+}
+
+// running checks every workload: counters move past since, memory sums,
+// children, runc manages the containers, the VMs answer on QMP.
+func (h *host) running(since map[string]int64) {
+	t := h.t
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for _, c := range h.containers {
+		for h.ticks(c) <= since[c.ID] && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if h.ticks(c) <= since[c.ID] {
+			t.Fatalf("container %s does not run (counter %d)", c.ID, h.ticks(c))
+		}
+		if s, err := c.Ask("sum"); err != nil || !strings.HasPrefix(s, "sum OK") {
+			t.Fatalf("container %s memory: %q %v", c.ID, s, err)
+		}
+		if s, err := c.Ask("child"); err != nil || !strings.HasSuffix(s, "alive") {
+			t.Fatalf("container %s child: %q %v", c.ID, s, err)
+		}
+		out, err := exec.Command("runc", "--root", h.runcRoot, "kill", c.ID, "CONT").CombinedOutput()
+		if err != nil {
+			t.Fatalf("runc kill %s: %v %s", c.ID, err, out)
+		}
+	}
+	for _, g := range h.guests {
+		for g.Ticks() <= since[g.ID] && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if g.Ticks() <= since[g.ID] {
+			t.Fatalf("VM %s does not run (counter %d)", g.ID, g.Ticks())
+		}
+		fi, _ := os.Stat(g.Console)
+		from := fi.Size()
+		for {
+			b, _ := os.ReadFile(g.Console)
+			fresh := string(b[from:])
+			if strings.Contains(fresh, "sum BAD") {
+				t.Fatalf("VM %s memory changed", g.ID)
+			}
+			if strings.Contains(fresh, "sum OK") {
+				break
+			}
+			if time.Now().After(deadline.Add(30 * time.Second)) {
+				t.Fatalf("VM %s printed no checksum", g.ID)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+}
+
+func (h *host) counters() map[string]int64 {
+	m := map[string]int64{}
+	for _, c := range h.containers {
+		m[c.ID] = h.ticks(c)
+	}
+	for _, g := range h.guests {
+		m[g.ID] = g.Ticks()
+	}
+	return m
+}
+
+// TestSuspendAllResumeAll: ckpt suspend-all of two runc containers and a
+// QEMU VM into a directory region, then ckpt resume-all; everything runs
+// on where it stopped.
+func TestSuspendAllResumeAll(t *testing.T) {
+	h := newHost(t)
+	h.container(workloads.Checkpointable)
+	h.container(workloads.Checkpointable)
+	h.vm()
+	out, err := h.run("plan")
+	if err != nil || !strings.Contains(out, "3 workloads") {
+		t.Fatalf("plan: %v", err)
+	}
+	before := h.counters()
+	if out, err := h.run("suspend-all", "--no-kexec"); err != nil || !strings.Contains(out, "committed 3 workloads") {
+		t.Fatalf("suspend-all: %v", err)
+	}
+	if out, _ := exec.Command("runc", "--root", h.runcRoot, "list", "-q").Output(); strings.TrimSpace(string(out)) != "" {
+		t.Fatalf("containers still listed after suspend-all: %s", out)
+	}
+	out, err = h.run("resume-all", "--order", "vm", "--json")
+	if err != nil {
+		t.Fatalf("resume-all: %v", err)
+	}
+	var res struct {
+		Restored []any `json:"restored"`
+		Released bool  `json:"released"`
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	json.Unmarshal([]byte(strings.Join(lines[indexOf(lines, "{"):], "\n")), &res)
+	if len(res.Restored) != 3 || !res.Released {
+		t.Fatalf("resume-all result: %+v", res)
+	}
+	h.running(before)
+	// Nothing is restored twice: the region is released, a second
+	// resume-all finds nothing to do and touches nothing.
+	if out, err := h.run("resume-all"); err == nil || !strings.Contains(out, "nothing was restored") {
+		t.Fatalf("second resume-all = %v; want a refusal that restores nothing", err)
+	}
+	h.running(h.counters())
+}
+
+func indexOf(lines []string, prefix string) int {
+	for i, l := range lines {
+		if l == prefix {
+			return i
+		}
+	}
+	return 0
+}
+
+// TestFailedDumpKeepsEverythingRunning: one container CRIU cannot dump
+// (an MPTCP listener) fails suspend-all in the dump phase; every workload,
+// the VM included, runs on, and nothing is committed.
+func TestFailedDumpKeepsEverythingRunning(t *testing.T) {
+	h := newHost(t)
+	bad := h.container(nil) // Go's default MPTCP listener
+	h.container(workloads.Checkpointable)
+	h.vm()
+	before := h.counters()
+	out, err := h.run("suspend-all", "--no-kexec")
+	if err == nil || !strings.Contains(out, "dump of criu/"+bad.ID) || !strings.Contains(out, "rolled back") {
+		t.Fatalf("suspend-all = %v; want a dump failure of %s, rolled back", err, bad.ID)
+	}
+	h.running(before)
+	if out, _ := h.run("region", "inspect", h.region); !strings.Contains(out, "no committed checkpoint") {
+		t.Fatal("region committed after a failed suspend")
+	}
+}
+
+// TestKilledSuspendIsRecovered: kill -9 of ckpt mid-dump leaves workloads
+// frozen; ckpt recover thaws them all.
+func TestKilledSuspendIsRecovered(t *testing.T) {
+	h := newHost(t)
+	h.container(workloads.Checkpointable)
+	h.vm()
+	before := h.counters()
+	cmd := exec.Command(h.ckpt, "suspend-all", "--no-kexec", "--region", h.region, "--runc-root", h.runcRoot,
+		"--qmp-dir", h.qmpDir, "--journal", h.journal, "--resume-state", h.state)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if j, _ := checkpoint.ReadJournal(h.journal); j != nil && j.State == checkpoint.StateFrozen {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	j, _ := checkpoint.ReadJournal(h.journal)
+	if j == nil || j.State == checkpoint.StateCommitted {
+		t.Skipf("skipped: the suspend finished before the kill (journal %+v); nothing to recover", j)
+	}
+	time.Sleep(time.Second) // the orphaned runc/CRIU finish their dumps
+	out, err := h.run("recover")
+	if err != nil || !strings.Contains(out, "thawed") {
+		t.Fatalf("recover: %v", err)
+	}
+	h.running(before)
+}
