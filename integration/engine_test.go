@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ckpt-dev/ckpt/checkpoint"
+	"github.com/ckpt-dev/ckpt/internal/testenv"
 	"github.com/ckpt-dev/ckpt/internal/workloads"
 )
 
@@ -244,4 +245,17 @@ func TestKilledSuspendIsRecovered(t *testing.T) {
 		t.Fatalf("recover: %v", err)
 	}
 	h.running(before)
+}
+
+// TestDemo runs the README's main command (the built binary, from the
+// repository root): a sample container and VM are suspended and resumed.
+func TestDemo(t *testing.T) {
+	requireRoot(t)
+	cmd := exec.Command(ckptBinary(t), "demo", "--size", "64M")
+	cmd.Dir = testenv.RepoRoot()
+	out, err := cmd.CombinedOutput()
+	t.Logf("ckpt demo:\n%s", out)
+	if err != nil || !strings.Contains(string(out), "both continued where they stopped") {
+		t.Fatalf("demo: %v", err)
+	}
 }

@@ -20,11 +20,11 @@ func run(t *testing.T, args ...string) (string, error) {
 }
 
 func TestDemo(t *testing.T) {
-	out, err := run(t, "demo", "--dir", t.TempDir(), "--size", "32M")
+	out, err := run(t, "demo", "--region-only", "--dir", t.TempDir(), "--size", "32M")
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out)
 	}
-	for _, want := range []string{"write", "verify", "refused", "demo OK"} {
+	for _, want := range []string{"write", "verify", "refused", "region OK"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
