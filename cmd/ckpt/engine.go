@@ -77,6 +77,24 @@ func (f *engineFlags) backends(ctx context.Context, log *slog.Logger) ([]hypervi
 	return bs, err
 }
 
+// start is the shared start of the engine verbs: the region check, the
+// context with --timeout, the logger and the loaded backends.
+func (f *engineFlags) start(cmd *cobra.Command, g *globals, needRegion bool) (context.Context, context.CancelFunc, *slog.Logger, []hypervisors.Backend, error) {
+	if needRegion {
+		if err := f.needRegion(); err != nil {
+			return nil, nil, nil, nil, err
+		}
+	}
+	ctx, cancel := g.context(cmd)
+	log := g.logger()
+	bs, err := f.backends(ctx, log)
+	if err != nil {
+		cancel()
+		return nil, nil, nil, nil, err
+	}
+	return ctx, cancel, log, bs, nil
+}
+
 func (f *engineFlags) needRegion() error {
 	if f.region == "" {
 		return usageError{errors.New("--region is required")}
@@ -169,16 +187,11 @@ seals the manifest (the commit point), ends the originals and kexecs into the ta
 kernel. Any failure before the commit point thaws every workload on this kernel.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := f.needRegion(); err != nil {
-				return err
-			}
-			ctx, cancel := g.context(cmd)
-			defer cancel()
-			log := g.logger()
-			bs, err := f.backends(ctx, log)
+			ctx, cancel, log, bs, err := f.start(cmd, g, true)
 			if err != nil {
 				return err
 			}
+			defer cancel()
 			opts := checkpoint.Options{Region: f.region, Backends: bs, Concurrency: f.concurrency, Only: f.only,
 				Journal: f.journal, PreDump: preDump, Logger: log, Events: g.events(cmd.OutOrStdout(), log)}
 			var img kexec.Image
@@ -234,16 +247,11 @@ func newPlanCommand(g *globals) *cobra.Command {
 		Short: "Dry run: what suspend-all would freeze, how many bytes, and what blocks it",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := f.needRegion(); err != nil {
-				return err
-			}
-			ctx, cancel := g.context(cmd)
-			defer cancel()
-			log := g.logger()
-			bs, err := f.backends(ctx, log)
+			ctx, cancel, log, bs, err := f.start(cmd, g, true)
 			if err != nil {
 				return err
 			}
+			defer cancel()
 			p, perr := checkpoint.NewPlan(ctx, checkpoint.Options{Region: f.region, Backends: bs, Only: f.only, Logger: log})
 			g.print(cmd.OutOrStdout(), p, func(w io.Writer) {
 				fmt.Fprintf(w, "%d workloads, %s to dump; region %s free of %s\n", len(p.Workloads), memregion.HumanBytes(p.Bytes),
@@ -301,16 +309,11 @@ func (e partialError) Error() string { return e.err.Error() }
 func (e partialError) Unwrap() error { return e.err }
 
 func runResume(cmd *cobra.Command, g *globals, f *engineFlags, only, order []string, keep bool) error {
-	if err := f.needRegion(); err != nil {
-		return err
-	}
-	ctx, cancel := g.context(cmd)
-	defer cancel()
-	log := g.logger()
-	bs, err := f.backends(ctx, log)
+	ctx, cancel, log, bs, err := f.start(cmd, g, true)
 	if err != nil {
 		return err
 	}
+	defer cancel()
 	res, err := restore.ResumeAll(ctx, restore.Options{Region: f.region, Backends: bs, Concurrency: f.concurrency, Order: order,
 		Only: only, KeepRegion: keep, State: f.state, Journal: f.journal, Logger: log, Events: g.events(cmd.OutOrStdout(), log)})
 	if res != nil {
@@ -335,13 +338,11 @@ func newRecoverCommand(g *globals) *cobra.Command {
 		Short: "Thaw the workloads a crashed suspend-all left frozen",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := g.context(cmd)
-			defer cancel()
-			log := g.logger()
-			bs, err := f.backends(ctx, log)
+			ctx, cancel, log, bs, err := f.start(cmd, g, false)
 			if err != nil {
 				return err
 			}
+			defer cancel()
 			thawed, err := checkpoint.Recover(ctx, f.journal, bs, log)
 			g.print(cmd.OutOrStdout(), map[string]any{"thawed": thawed}, func(w io.Writer) {
 				if len(thawed) == 0 {

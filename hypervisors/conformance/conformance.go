@@ -7,11 +7,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/internal/testenv"
 	"github.com/ckpt-dev/ckpt/memregion"
 )
 
@@ -94,8 +94,9 @@ func stalled(t *testing.T, p Probe) {
 	}
 }
 
-// advancing checks that the counter grows past min.
-func advancing(t *testing.T, p Probe, min int64) int64 {
+// Advancing waits until the probe's counter grows past min and returns
+// it, or fails the test.
+func Advancing(t *testing.T, p Probe, min int64) int64 {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -120,7 +121,7 @@ func testFreezeThaw(t *testing.T, h Harness) {
 	if err := h.Backend.Thaw(ctx, w); err != nil {
 		t.Fatalf("Thaw: %v", err)
 	}
-	advancing(t, p, frozenAt)
+	Advancing(t, p, frozenAt)
 	p.Intact(t)
 }
 
@@ -129,16 +130,7 @@ const regionSize = 2 * memregion.GiB
 
 func newRegion(t *testing.T, kind string) *memregion.Region {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "region")
-	if err := memregion.Format(path, memregion.FormatOptions{Kind: kind, Size: regionSize}); err != nil {
-		t.Fatal(err)
-	}
-	r, err := memregion.Open(path, memregion.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	return r
+	return testenv.Region(t, "", kind, regionSize)
 }
 
 func testDumpRollback(t *testing.T, h Harness) {
@@ -163,7 +155,7 @@ func testDumpRollback(t *testing.T, h Harness) {
 	if err := r.Discard(); err != nil {
 		t.Fatal(err)
 	}
-	advancing(t, p, frozenAt)
+	Advancing(t, p, frozenAt)
 	p.Intact(t)
 	if w2 := find(t, ctx, h.Backend, id); w2.PID != w.PID {
 		t.Fatalf("after rollback the workload is a new process (%d, was %d)", w2.PID, w.PID)
@@ -184,7 +176,7 @@ func testRoundTrip(t *testing.T, h Harness, kind string, preDump bool) {
 		if err != nil {
 			t.Fatalf("PreDump: %v", err)
 		}
-		advancing(t, p, p.Counter(t)) // still running
+		Advancing(t, p, p.Counter(t)) // still running
 	}
 	before := p.Counter(t)
 	if err := h.Backend.Freeze(ctx, w); err != nil {
@@ -229,7 +221,7 @@ func testRoundTrip(t *testing.T, h Harness, kind string, preDump bool) {
 	}
 	t.Logf("%s: %s dumped in %s, restored in %s", id, memregion.HumanBytes(m.TotalBytes()), dumped.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 	find(t, ctx, h.Backend, id)
-	if c := advancing(t, p, frozenAt); c < frozenAt {
+	if c := Advancing(t, p, frozenAt); c < frozenAt {
 		t.Fatalf("counter restarted: %d < %d", c, frozenAt)
 	}
 	p.Intact(t)

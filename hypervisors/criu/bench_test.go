@@ -27,25 +27,6 @@ func benchSizes() []int {
 	return s
 }
 
-// benchRegion is a dir region on tmpfs.
-func benchRegion(b *testing.B) *memregion.Region {
-	b.Helper()
-	dir, err := os.MkdirTemp("/dev/shm", "ckpt-criu-bench-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(dir) })
-	if err := memregion.Format(dir, memregion.FormatOptions{Kind: memregion.KindDir}); err != nil {
-		b.Fatal(err)
-	}
-	r, err := memregion.Open(dir, memregion.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { r.Close() })
-	return r
-}
-
 func startBenchContainer(b *testing.B, root string, mib int) (*workloads.Container, hypervisors.Workload) {
 	b.Helper()
 	c := workloads.StartContainer(b, root, workloads.Checkpointable, mib)
@@ -68,7 +49,7 @@ func BenchmarkDumpRestore(b *testing.B) {
 			for range b.N {
 				b.StopTimer()
 				c, w := startBenchContainer(b, root, mib)
-				r := benchRegion(b)
+				r := testenv.Region(b, "/dev/shm", memregion.KindDir, 0)
 				b.StartTimer()
 				if err := be.Freeze(ctx, w); err != nil {
 					b.Fatal(err)
@@ -124,7 +105,7 @@ func BenchmarkParallelDump(b *testing.B) {
 			b.StopTimer()
 			_, w1 := startBenchContainer(b, root, mib)
 			_, w2 := startBenchContainer(b, root, mib)
-			r := benchRegion(b)
+			r := testenv.Region(b, "/dev/shm", memregion.KindDir, 0)
 			for _, w := range []hypervisors.Workload{w1, w2} {
 				if err := be.Freeze(ctx, w); err != nil {
 					b.Fatal(err)

@@ -73,13 +73,7 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 		}
 	}()
 	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
-	// Where the region keeps objects as files, CRIU writes straight into it.
-	direct := false
-	if ds, ok := dst.(hypervisors.DirectSink); ok {
-		if d, err := ds.Dir(strings.TrimSuffix(imagePrefix, "/")); err == nil {
-			img, direct = d, true
-		}
-	}
+	img, direct := imageDir(dst, imagePrefix, img)
 	args := []string{"checkpoint", "--image-path", img, "--work-path", work}
 	if conns > 0 {
 		args = append(args, "--tcp-established")
@@ -158,6 +152,18 @@ func (r *Runtime) connections(ctx context.Context, w hypervisors.Workload) (int,
 		return 0, fmt.Errorf("processes of %s: %w", w.ID, err)
 	}
 	return establishedTCP(pids)
+}
+
+// imageDir is where CRIU writes the images of objects named prefix*:
+// straight into the region where it keeps objects as files (direct), else
+// staging.
+func imageDir(dst hypervisors.ObjectSink, prefix, staging string) (dir string, direct bool) {
+	if ds, ok := dst.(hypervisors.DirectSink); ok {
+		if d, err := ds.Dir(strings.TrimSuffix(prefix, "/")); err == nil {
+			return d, true
+		}
+	}
+	return staging, false
 }
 
 // adoptDir turns the image files CRIU wrote into the region into objects.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -71,12 +70,7 @@ func (r *Runtime) PreDump(ctx context.Context, w hypervisors.Workload, dst hyper
 		return err
 	}
 	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
-	direct := false
-	if ds, ok := dst.(hypervisors.DirectSink); ok {
-		if d, err := ds.Dir(strings.TrimSuffix(predumpPrefix, "/")); err == nil {
-			img, direct = d, true
-		}
-	}
+	img, direct := imageDir(dst, predumpPrefix, img)
 	start := time.Now()
 	_, err = r.runc(ctx, "checkpoint", "--pre-dump", "--image-path", img, "--work-path", work, w.ID)
 	if err != nil {

@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/hypervisors/conformance"
 	"github.com/ckpt-dev/ckpt/hypervisors/criu"
+	"github.com/ckpt-dev/ckpt/internal/testenv"
 	"github.com/ckpt-dev/ckpt/internal/workloads"
 	"github.com/ckpt-dev/ckpt/memregion"
 )
@@ -51,20 +53,6 @@ func (c *conversation) expect(t *testing.T, want string) {
 	if err != nil || strings.TrimSpace(got) != want {
 		t.Fatalf("on the established connection: got %q, %v; want %q", got, err, want)
 	}
-}
-
-func openRegion(t *testing.T, kind string) *memregion.Region {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "region")
-	if err := memregion.Format(path, memregion.FormatOptions{Kind: kind, Size: memregion.GiB}); err != nil {
-		t.Fatal(err)
-	}
-	r, err := memregion.Open(path, memregion.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	return r
 }
 
 // TestEstablishedTCPConnectionSurvives keeps a connection from outside the
@@ -106,7 +94,7 @@ func TestEstablishedTCPConnectionSurvives(t *testing.T) {
 				t.Fatal(err)
 			}
 			frozenAt := p.Counter(t)
-			r := openRegion(t, tc.kind)
+			r := testenv.Region(t, "", tc.kind, memregion.GiB)
 			sink := hypervisors.RegionSink{Region: r, Prefix: "w"}
 			raw, err := b.Dump(ctx, w, sink)
 			if err != nil {
@@ -151,25 +139,12 @@ func TestEstablishedTCPConnectionSurvives(t *testing.T) {
 			conv.expect(t, "while-down")
 			conv.send(t, "echo after")
 			conv.expect(t, "after")
-			if n := advancingTB(t, p, frozenAt); n < frozenAt {
+			if n := conformance.Advancing(t, p, frozenAt); n < frozenAt {
 				t.Fatalf("counter restarted")
 			}
 			p.Intact(t)
 		})
 	}
-}
-
-func advancingTB(t *testing.T, p *probe, min int64) int64 {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if c := p.Counter(t); c > min {
-			return c
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("counter did not grow past %d", min)
-	return 0
 }
 
 const criuName = "criu"

@@ -195,12 +195,7 @@ func (r *Runtime) dumpTree(ctx context.Context, w hypervisors.Workload, dst hype
 		}
 	}()
 	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
-	direct := false
-	if ds, ok := dst.(hypervisors.DirectSink); ok {
-		if d, err := ds.Dir(strings.TrimSuffix(imagePrefix, "/")); err == nil {
-			img, direct = d, true
-		}
-	}
+	img, direct := imageDir(dst, imagePrefix, img)
 	opts := &rpc.CriuOpts{
 		Pid:            proto.Int32(int32(root)),
 		LeaveRunning:   proto.Bool(conns == 0),

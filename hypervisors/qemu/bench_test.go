@@ -75,7 +75,7 @@ func BenchmarkSaveRestore(b *testing.B) {
 				for range b.N {
 					b.StopTimer()
 					g := workloads.StartGuestData(b, emu, sockDir, mib, mib/2, extra...)
-					r := shmRegion(b)
+					r := testenv.Region(b, "/dev/shm", memregion.KindDir, 0)
 					ws, err := be.Discover(ctx)
 					if err != nil || len(ws) != 1 {
 						b.Fatalf("Discover: %v %v", ws, err)
@@ -136,25 +136,6 @@ func BenchmarkSaveRestore(b *testing.B) {
 			})
 		}
 	}
-}
-
-// shmRegion is a directory region on tmpfs.
-func shmRegion(b *testing.B) *memregion.Region {
-	b.Helper()
-	dir, err := os.MkdirTemp("/dev/shm", "ckpt-qemu-bench-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(dir) })
-	if err := memregion.Format(dir, memregion.FormatOptions{Kind: memregion.KindDir}); err != nil {
-		b.Fatal(err)
-	}
-	r, err := memregion.Open(dir, memregion.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { r.Close() })
-	return r
 }
 
 // shortDir is a temporary directory with a short path (sun_path holds 108

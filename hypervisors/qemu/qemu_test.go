@@ -156,7 +156,7 @@ func TestRAMStaysInPlace(t *testing.T) {
 		t.Fatalf("RAMInPlace: %v", err)
 	}
 	p := &probe{g: g, b: b}
-	r := newRegionT(t)
+	r := testenv.Region(t, "", memregion.KindDir, 0)
 	if err := b.Freeze(ctx, w); err != nil {
 		t.Fatal(err)
 	}
@@ -204,20 +204,6 @@ func TestRAMStaysInPlace(t *testing.T) {
 	}
 	p.Intact(t)
 	t.Logf("stored %d bytes of device state for a 512 MiB guest", stored)
-}
-
-func newRegionT(t *testing.T) *memregion.Region {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "region")
-	if err := memregion.Format(dir, memregion.FormatOptions{Kind: memregion.KindDir}); err != nil {
-		t.Fatal(err)
-	}
-	r, err := memregion.Open(dir, memregion.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	return r
 }
 
 // TestPreflightReportsMigrationBlocker: a device that blocks migration
@@ -290,7 +276,7 @@ func TestCorruptStateRefused(t *testing.T) {
 	sockDir := t.TempDir()
 	g := workloads.StartGuest(t, emulators(t)["qemu7"], sockDir, 256)
 	b := newBackend(t, sockDir)
-	r := newRegionT(t)
+	r := testenv.Region(t, "", memregion.KindDir, 0)
 	ctx := context.Background()
 	w := hypervisors.Workload{ID: g.ID}
 	if err := b.Freeze(ctx, w); err != nil {

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ckpt-dev/ckpt/memregion"
 )
 
 // InCI reports whether the tests run under CI, where every tool must exist.
@@ -111,4 +113,30 @@ func MemcpyTime(n int64) time.Duration {
 	start := time.Now()
 	copy(dst, src)
 	return time.Since(start)
+}
+
+// Region formats and opens a region of kind in a fresh directory below
+// base ("" for the test's temp dir, "/dev/shm" for tmpfs); size matters
+// for raw regions. It is closed and removed at the end of the test.
+func Region(t testing.TB, base, kind string, size int64) *memregion.Region {
+	t.Helper()
+	dir := t.TempDir()
+	if base != "" {
+		d, err := os.MkdirTemp(base, "ckpt-region-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(d) })
+		dir = d
+	}
+	path := filepath.Join(dir, "region")
+	if err := memregion.Format(path, memregion.FormatOptions{Kind: kind, Size: size}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := memregion.Open(path, memregion.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
 }
