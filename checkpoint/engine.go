@@ -94,6 +94,8 @@ type Plan struct {
 	RegionFree  int64     `json:"region_free"`
 	RegionTotal int64     `json:"region_total"`
 	Problems    []string  `json:"problems,omitempty"`
+	// Warnings do not block the suspend but may fight it (HostWarnings).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Key names a workload across backends.
@@ -165,6 +167,10 @@ func NewPlan(ctx context.Context, opts Options) (*Plan, error) {
 			p.Problems = append(p.Problems, fmt.Sprintf("region %s: %v (workloads %s + headroom %s)", opts.Region, err,
 				memregion.HumanBytes(p.Bytes), memregion.HumanBytes(p.headroom())))
 		}
+	}
+	p.Warnings = HostWarnings()
+	for _, w := range p.Warnings {
+		opts.Logger.Warn("plan", "warning", w)
 	}
 	opts.emit(Event{Phase: "plan", Bytes: p.Bytes})
 	if len(p.Problems) > 0 {

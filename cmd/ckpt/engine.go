@@ -41,6 +41,7 @@ type engineFlags struct {
 	ramDirs      []string
 	concurrency  int
 	only         []string
+	metricsDir   string
 }
 
 func (f *engineFlags) add(fs *pflag.FlagSet) {
@@ -54,6 +55,7 @@ func (f *engineFlags) add(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&f.ramDirs, "preserved-ram-dir", nil, "directory on preserved memory holding VMs' RAM files (repeatable)")
 	fs.IntVar(&f.concurrency, "concurrency", 0, "workloads dumped or restored at once (0: from the CPUs)")
 	fs.StringSliceVar(&f.only, "only", nil, "only these workloads (backend/id, repeatable)")
+	fs.StringVar(&f.metricsDir, "metrics-dir", checkpoint.DefaultMetricsDir, "node_exporter textfile directory for run metrics (skipped if absent)")
 }
 
 func anyList(s []string) []any {
@@ -213,6 +215,9 @@ kernel. Any failure before the commit point thaws every workload on this kernel.
 				}
 			}
 			res, err := checkpoint.Suspend(ctx, plan)
+			if merr := checkpoint.SuspendMetrics(res, err).WriteFile(f.metricsDir, "ckpt_suspend"); merr != nil {
+				log.Warn("metrics", "err", merr)
+			}
 			if err != nil {
 				if !noKexec && res == nil {
 					kexec.Unload() // rolled back: a later reboot must not kexec by surprise
@@ -258,6 +263,9 @@ func newPlanCommand(g *globals) *cobra.Command {
 					memregion.HumanBytes(p.RegionFree), memregion.HumanBytes(p.RegionTotal))
 				for _, pl := range p.Workloads {
 					fmt.Fprintf(w, "  %-40s %-12s %10s  %s\n", pl.Key, pl.Workload.Kind, memregion.HumanBytes(pl.Bytes), pl.Problem)
+				}
+				for _, warn := range p.Warnings {
+					fmt.Fprintln(w, "warning:", warn)
 				}
 			})
 			return perr
@@ -317,6 +325,13 @@ func runResume(cmd *cobra.Command, g *globals, f *engineFlags, only, order []str
 	res, err := restore.ResumeAll(ctx, restore.Options{Region: f.region, Backends: bs, Concurrency: f.concurrency, Order: order,
 		Only: only, KeepRegion: keep, State: f.state, Journal: f.journal, Logger: log, Events: g.events(cmd.OutOrStdout(), log)})
 	if res != nil {
+		m := &checkpoint.Metrics{}
+		m.Gauge("ckpt_resume_restored", "workloads restored by the last resume", float64(len(res.Restored)))
+		m.Gauge("ckpt_resume_failures", "workloads the last resume could not restore", float64(len(res.Failed)))
+		m.Gauge("ckpt_resume_seconds", "duration of the last resume", res.Seconds)
+		if merr := m.WriteFile(f.metricsDir, "ckpt_resume"); merr != nil {
+			log.Warn("metrics", "err", merr)
+		}
 		g.print(cmd.OutOrStdout(), res, func(w io.Writer) {
 			fmt.Fprintf(w, "resumed %d, failed %d, already resumed %d in %.2fs; region released: %v\n",
 				len(res.Restored), len(res.Failed), len(res.Skipped), res.Seconds, res.Released)
@@ -390,6 +405,9 @@ func newStatusCommand(g *globals) *cobra.Command {
 			}
 			_, err = os.Stat("/var/run/reboot-required")
 			st["reboot_required"] = err == nil
+			if ksta, cur, exp := checkpoint.KernelStatus(); ksta != "" {
+				st["needrestart_kernel"] = map[string]string{"status": ksta, "running": cur, "expected": exp}
+			}
 			if b, err := os.ReadFile("/var/run/reboot-required.pkgs"); err == nil {
 				st["reboot_required_pkgs"] = strings.Fields(string(b))
 			}

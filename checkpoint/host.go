@@ -1,0 +1,64 @@
+package checkpoint
+
+import (
+	"bufio"
+	"bytes"
+	"os/exec"
+	"strings"
+
+	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
+)
+
+// HostWarnings lists what on this host would fight a suspend-all: a
+// kernel already loaded for kexec (with one loaded, "systemctl reboot"
+// silently kexecs into it), libvirt-guests (it saves guests to disk at
+// shutdown), and container managers that recreate workloads at boot before
+// resume-all runs.
+func HostWarnings() []string {
+	var ws []string
+	if loaded, err := kexec.Loaded(); err == nil && loaded {
+		ws = append(ws, "a kernel is already loaded for kexec: a plain reboot would kexec into it (ckpt kexec unload)")
+	}
+	for unit, why := range map[string]string{
+		"libvirt-guests.service": "saves or shuts down libvirt guests at shutdown; set ON_SHUTDOWN=shutdown and let ckpt suspend them, or disable it",
+		"kubelet.service":        "recreates pods at boot before resume-all; order ckpt-resume.service before it",
+		"docker.service":         "restarts containers with a restart policy at boot; order ckpt-resume.service before it",
+		"containerd.service":     "may restart its containers at boot; order ckpt-resume.service before it",
+	} {
+		if unitEnabled(unit) {
+			ws = append(ws, unit+" is enabled: it "+why)
+		}
+	}
+	return ws
+}
+
+func unitEnabled(unit string) bool {
+	out, err := exec.Command("systemctl", "is-enabled", unit).Output()
+	return err == nil && strings.TrimSpace(string(out)) == "enabled"
+}
+
+// KernelStatus is needrestart's view of the running kernel: "1" current,
+// "2" an ABI-compatible upgrade, "3" a new version pending (-b batch
+// output, NEEDRESTART-KSTA); "" where needrestart is not installed.
+func KernelStatus() (status, running, expected string) {
+	out, err := exec.Command("needrestart", "-b", "-k").Output()
+	if err != nil && len(out) == 0 {
+		return "", "", ""
+	}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ": ")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "NEEDRESTART-KSTA":
+			status = v
+		case "NEEDRESTART-KCUR":
+			running = v
+		case "NEEDRESTART-KEXP":
+			expected = v
+		}
+	}
+	return status, running, expected
+}
