@@ -25,8 +25,8 @@ type Options struct {
 	Region string
 	// Backends are the loaded backends (hypervisors.Load).
 	Backends []hypervisors.Backend
-	// Concurrency is how many workloads dump at once (default: the
-	// number of CPUs, at most 4).
+	// Concurrency is how many workloads dump at once (default: measured,
+	// see MeasureConcurrency, at most 4).
 	Concurrency int
 	// Headroom is extra space the region must have beyond the workloads'
 	// memory (default 10 % + 64 MiB: images carry metadata).
@@ -44,11 +44,13 @@ type Options struct {
 	// Events receives progress events (may be nil). It is called from
 	// several goroutines.
 	Events func(Event)
+
+	measured []Bandwidth // how Concurrency was chosen
 }
 
 func (o Options) withDefaults() Options {
 	if o.Concurrency <= 0 {
-		o.Concurrency = min(runtime.NumCPU(), 4)
+		o.Concurrency, o.measured = MeasureConcurrency(min(runtime.NumCPU(), 4))
 	}
 	if o.Journal == "" {
 		o.Journal = DefaultJournal
@@ -192,6 +194,7 @@ type Result struct {
 	Workloads   []WorkloadResult   `json:"workloads"`
 	Bytes       int64              `json:"bytes"`
 	Concurrency int                `json:"concurrency"`
+	Bandwidth   []Bandwidth        `json:"memcpy_bandwidth,omitempty"` // how Concurrency was chosen
 	GBps        float64            `json:"dump_gbps"`
 	Phases      map[string]float64 `json:"phases_s"`
 }
@@ -260,7 +263,7 @@ func Suspend(ctx context.Context, p *Plan) (*Result, error) {
 		return nil, &PhaseError{Phase: "open region", Err: err}
 	}
 	defer r.Close()
-	res := &Result{RegionID: r.ID(), Concurrency: opts.Concurrency, Phases: map[string]float64{}}
+	res := &Result{RegionID: r.ID(), Concurrency: opts.Concurrency, Bandwidth: opts.measured, Phases: map[string]float64{}}
 	phase := func(name string, start time.Time) { res.Phases[name] = time.Since(start).Seconds() }
 
 	j := &Journal{Path: opts.Journal, Region: opts.Region, State: StateFreezing}

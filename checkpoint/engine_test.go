@@ -167,7 +167,7 @@ func newEnv(t *testing.T, kind string, size int64) env {
 }
 
 func (e env) opts(bs ...hypervisors.Backend) checkpoint.Options {
-	return checkpoint.Options{Region: e.region, Backends: bs, Journal: e.journal}
+	return checkpoint.Options{Region: e.region, Backends: bs, Journal: e.journal, Concurrency: 3}
 }
 
 func (e env) resume(bs ...hypervisors.Backend) restore.Options {
@@ -188,9 +188,14 @@ func TestSuspendAndResume(t *testing.T) {
 	a := newFake("a", map[string]int64{"x": 3 << 20, "y": 1 << 20})
 	b := newFake("b", map[string]int64{"z": 2 << 20})
 	ctx := context.Background()
-	res, err := suspend(t, ctx, e.opts(a, b))
+	o := e.opts(a, b)
+	o.Concurrency = 0 // measured
+	res, err := suspend(t, ctx, o)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if res.Concurrency < 1 || len(res.Bandwidth) == 0 {
+		t.Fatalf("concurrency %d chosen from %v", res.Concurrency, res.Bandwidth)
 	}
 	if res.Bytes != 6<<20 || len(res.Workloads) != 3 {
 		t.Fatalf("result %+v", res)
