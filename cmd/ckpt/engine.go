@@ -42,6 +42,7 @@ type engineFlags struct {
 	concurrency  int
 	only         []string
 	metricsDir   string
+	configDir    string
 }
 
 func (f *engineFlags) add(fs *pflag.FlagSet) {
@@ -55,6 +56,7 @@ func (f *engineFlags) add(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&f.ramDirs, "preserved-ram-dir", nil, "directory on preserved memory holding VMs' RAM files (repeatable)")
 	fs.IntVar(&f.concurrency, "concurrency", 0, "workloads dumped or restored at once (0: from the CPUs)")
 	fs.StringSliceVar(&f.only, "only", nil, "only these workloads (backend/id, repeatable)")
+	fs.StringVar(&f.configDir, "config-dir", DefaultConfigDir, "ckpt.toml and ckpt.toml.d/*.toml; flags override them")
 	fs.StringVar(&f.metricsDir, "metrics-dir", checkpoint.DefaultMetricsDir, "node_exporter textfile directory for run metrics (skipped if absent)")
 }
 
@@ -82,6 +84,13 @@ func (f *engineFlags) backends(ctx context.Context, log *slog.Logger) ([]hypervi
 // start is the shared start of the engine verbs: the region check, the
 // context with --timeout, the logger and the loaded backends.
 func (f *engineFlags) start(cmd *cobra.Command, g *globals, needRegion bool) (context.Context, context.CancelFunc, *slog.Logger, []hypervisors.Backend, error) {
+	cfg, err := loadConfig(f.configDir)
+	if err == nil {
+		err = applyConfig(cmd.Flags(), cfg)
+	}
+	if err != nil {
+		return nil, nil, nil, nil, usageError{err}
+	}
 	if needRegion {
 		if err := f.needRegion(); err != nil {
 			return nil, nil, nil, nil, err
@@ -384,6 +393,13 @@ func newStatusCommand(g *globals) *cobra.Command {
 			ctx, cancel := g.context(cmd)
 			defer cancel()
 			log := g.logger()
+			cfg, err := loadConfig(f.configDir)
+			if err == nil {
+				err = applyConfig(cmd.Flags(), cfg)
+			}
+			if err != nil {
+				return usageError{err}
+			}
 			st := map[string]any{}
 			if f.region != "" {
 				if r, err := memregion.Open(f.region, memregion.Options{}); err != nil {

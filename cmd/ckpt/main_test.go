@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/spf13/pflag"
 )
 
 func run(t *testing.T, args ...string) (string, error) {
@@ -70,5 +74,35 @@ func TestRegionCommands(t *testing.T) {
 	}
 	if out, _ := run(t, "region", "inspect", dir); !strings.Contains(out, "state: empty") {
 		t.Fatalf("after release:\n%s", out)
+	}
+}
+
+// TestConfigFilesAndFlags: ckpt.toml, then drop-ins in name order, then
+// flags given on the command line.
+func TestConfigFilesAndFlags(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "ckpt.toml.d"), 0o755)
+	os.WriteFile(filepath.Join(dir, "ckpt.toml"), []byte("region = \"/from/main\"\nconcurrency = 2\n[criu]\nrunc_root = \"/main/runc\"\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "ckpt.toml.d", "10-site.toml"), []byte("concurrency = 3\n[qemu]\npreserved_ram_dirs = [\"/mnt/dax\"]\n"), 0o644)
+	cfg, err := loadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f engineFlags
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	f.add(fs)
+	if err := fs.Parse([]string{"--region", "/from/flag"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyConfig(fs, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if f.region != "/from/flag" || f.concurrency != 3 || f.runcRoot != "/main/runc" || len(f.ramDirs) != 1 || f.ramDirs[0] != "/mnt/dax" {
+		t.Fatalf("flags after config: %+v", f)
+	}
+	os.WriteFile(filepath.Join(dir, "ckpt.toml.d", "20-typo.toml"), []byte("regoin = \"x\"\n"), 0o644)
+	cfg, _ = loadConfig(dir)
+	if err := applyConfig(fs, cfg); err == nil || !strings.Contains(err.Error(), "regoin") {
+		t.Fatalf("a typo in the config = %v; want an error naming it", err)
 	}
 }
