@@ -258,6 +258,16 @@ func Suspend(ctx context.Context, p *Plan) (*Result, error) {
 	if err := RecoverIfNeeded(context.WithoutCancel(ctx), opts.Journal, opts.Backends, log); err != nil {
 		return nil, err
 	}
+	// Nothing may reboot the host while workloads are frozen or half
+	// dumped; the inhibitor is dropped when Suspend returns (the kexec
+	// that follows is ckpt's own).
+	release, err := InhibitShutdown(ctx, "suspending every workload into the preserved region")
+	if errors.Is(err, ErrNoLogind) {
+		log.Debug("no shutdown inhibitor", "reason", err)
+	} else if err != nil {
+		return nil, err
+	}
+	defer release()
 	r, err := memregion.Open(opts.Region, memregion.Options{Logger: log})
 	if err != nil {
 		return nil, &PhaseError{Phase: "open region", Err: err}
