@@ -226,8 +226,10 @@ func TestLargestFirstWithinConcurrency(t *testing.T) {
 	if _, err := suspend(t, context.Background(), o); err != nil {
 		t.Fatal(err)
 	}
-	if a.order[0] != "l" || a.order[1] != "m" {
-		t.Fatalf("dump order %v; want the largest first", a.order)
+	// The two largest start first (between them, in either order: they
+	// start together).
+	if first := map[string]bool{a.order[0]: true, a.order[1]: true}; !first["l"] || !first["m"] {
+		t.Fatalf("dump order %v; want the two largest first", a.order)
 	}
 	if n := a.maxFlight.Load(); n > 2 || n < 2 {
 		t.Fatalf("%d dumps at once; want 2", n)
