@@ -35,6 +35,10 @@ type Options struct {
 	PreDump bool
 	// Only restricts the suspend to these workload keys ("backend/id").
 	Only []string
+	// DryRun freezes and dumps as a real suspend does, then rolls back
+	// instead of sealing: every workload runs on, and the Result has the
+	// timings (ckpt bench).
+	DryRun bool
 	// Journal is the journal's path (default /var/lib/ckpt/journal.json).
 	Journal string
 	// Attributes are recorded in the manifest (target kernel, …).
@@ -400,6 +404,18 @@ func Suspend(ctx context.Context, p *Plan) (*Result, error) {
 		res.Bytes += res.Workloads[i].Bytes
 	}
 	res.GBps = float64(res.Bytes) / dumpTook.Seconds() / 1e9
+	if opts.DryRun {
+		now := time.Now()
+		for i := range res.Workloads {
+			res.Workloads[i].FrozenS = now.Sub(frozenAt[i]).Seconds()
+		}
+		var pe *PhaseError
+		if err := rollback("dry run", "", errors.New("dry run")); errors.As(err, &pe) && pe.Rollback != nil {
+			return res, pe.Rollback
+		}
+		phase("rollback", now)
+		return res, nil
+	}
 	attrs := map[string]string{"concurrency": fmt.Sprint(opts.Concurrency), "dump_gbps": fmt.Sprintf("%.3f", res.GBps)}
 	for k, v := range opts.Attributes {
 		attrs[k] = v

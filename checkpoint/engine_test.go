@@ -398,3 +398,20 @@ func assertRegionEmpty(t *testing.T, e env) {
 		t.Fatalf("%d objects left after a rollback", n)
 	}
 }
+
+// TestDryRunRollsBack: a dry run dumps everything, reports the timings,
+// and leaves every workload running and the region empty.
+func TestDryRunRollsBack(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := newFake("a", map[string]int64{"x": 2 << 20, "y": 1 << 20})
+	o := e.opts(a)
+	o.DryRun = true
+	res, err := suspend(t, context.Background(), o)
+	if err != nil || res.Bytes != 3<<20 || res.GBps <= 0 {
+		t.Fatalf("dry run = %+v, %v", res, err)
+	}
+	if a.state("x") != "running" || a.state("y") != "running" {
+		t.Fatal("dry run left workloads frozen")
+	}
+	assertRegionEmpty(t, e)
+}

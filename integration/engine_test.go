@@ -259,3 +259,17 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo: %v", err)
 	}
 }
+
+// TestBench: ckpt bench dry-runs a suspend of real workloads twice and
+// leaves them running.
+func TestBench(t *testing.T) {
+	h := newHost(t)
+	h.container(workloads.Checkpointable)
+	h.container(workloads.Checkpointable)
+	before := h.counters()
+	out, err := h.run("bench")
+	if err != nil || !strings.Contains(out, "% of memcpy") {
+		t.Fatalf("bench: %v", err)
+	}
+	h.running(before)
+}

@@ -49,6 +49,7 @@ func newRootCommand() *cobra.Command {
 		newResumeCommand(g),
 		newRecoverCommand(g),
 		newStatusCommand(g),
+		newBenchCommand(g),
 	)
 	return root
 }

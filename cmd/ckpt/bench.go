@@ -1,0 +1,85 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/ckpt-dev/ckpt/checkpoint"
+	"github.com/ckpt-dev/ckpt/memregion"
+	"github.com/spf13/cobra"
+)
+
+// benchReport is what ckpt bench measured, side by side in one run.
+type benchReport struct {
+	Workloads  int                    `json:"workloads"`
+	Bytes      int64                  `json:"bytes"`
+	Ours       *checkpoint.Result     `json:"ours"`
+	Sequential *checkpoint.Result     `json:"sequential"`
+	Memcpy     []checkpoint.Bandwidth `json:"memcpy"`
+}
+
+func newBenchCommand(g *globals) *cobra.Command {
+	var f engineFlags
+	c := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure dump throughput on this host's workloads: ckpt vs one at a time vs memcpy",
+		Long: `bench runs suspend-all as a dry run twice: with ckpt's parallel schedule and with
+one workload at a time (the baseline of dumping them one after another). Each run freezes
+every workload for the length of its dump, then thaws it; nothing is committed. It also
+measures plain memcpy bandwidth with 1 to 4 copiers in the same run. Without --region it
+uses a directory region on /dev/shm.`,
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.region == "" {
+				dir, err := os.MkdirTemp("/dev/shm", "ckpt-bench-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(dir)
+				f.region = filepath.Join(dir, "region")
+				if err := memregion.Format(f.region, memregion.FormatOptions{Kind: memregion.KindDir}); err != nil {
+					return err
+				}
+			}
+			ctx, cancel, log, bs, err := f.start(cmd, g, true)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			rep := benchReport{}
+			run := func(concurrency int) (*checkpoint.Result, error) {
+				p, err := checkpoint.NewPlan(ctx, checkpoint.Options{Region: f.region, Backends: bs, Only: f.only, Journal: f.journal,
+					Concurrency: concurrency, DryRun: true, Logger: log})
+				if err != nil {
+					return nil, err
+				}
+				rep.Workloads, rep.Bytes = len(p.Workloads), p.Bytes
+				return checkpoint.Suspend(ctx, p)
+			}
+			if rep.Ours, err = run(f.concurrency); err != nil {
+				return err
+			}
+			if rep.Sequential, err = run(1); err != nil {
+				return err
+			}
+			_, rep.Memcpy = checkpoint.MeasureConcurrency(4)
+			return g.print(cmd.OutOrStdout(), rep, func(w io.Writer) {
+				best := 0.0
+				for _, m := range rep.Memcpy {
+					best = max(best, m.GBps)
+				}
+				fmt.Fprintf(w, "%d workloads, %s\n", rep.Workloads, memregion.HumanBytes(rep.Ours.Bytes))
+				fmt.Fprintf(w, "ckpt (%d at once)   %6.2f GB/s  dump %.2fs\n", rep.Ours.Concurrency, rep.Ours.GBps, rep.Ours.Phases["dump"])
+				fmt.Fprintf(w, "one at a time      %6.2f GB/s  dump %.2fs\n", rep.Sequential.GBps, rep.Sequential.Phases["dump"])
+				fmt.Fprintf(w, "memcpy (best of 1-4 copiers) %6.2f GB/s\n", best)
+				if best > 0 {
+					fmt.Fprintf(w, "ckpt reaches %.0f %% of memcpy, %.2fx one at a time\n", 100*rep.Ours.GBps/best, rep.Ours.GBps/rep.Sequential.GBps)
+				}
+			})
+		},
+	}
+	f.add(c.Flags())
+	return c
+}
