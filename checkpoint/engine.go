@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/memregion"
 	"golang.org/x/sync/errgroup"
@@ -43,6 +44,9 @@ type Options struct {
 	Journal string
 	// Attributes are recorded in the manifest (target kernel, …).
 	Attributes map[string]string
+	// Kexec is the kernel the caller will kexec into after the suspend
+	// (nil: none, the caller reboots or soft-reboots); the plan checks it.
+	Kexec *kexec.Image
 	// Logger receives the engine's logs (default: discard).
 	Logger *slog.Logger
 	// Events receives progress events (may be nil). It is called from
@@ -68,11 +72,14 @@ func (o Options) withDefaults() Options {
 // Event is one step of progress, for progress bars and JSON lines.
 type Event struct {
 	Time     time.Time `json:"time"`
-	Phase    string    `json:"phase"` // plan, predump, freeze, dump, seal, finish, rollback, done
+	Phase    string    `json:"phase"` // plan, predump, freeze, dump, progress, seal, finish, rollback, done
 	Workload string    `json:"workload,omitempty"`
 	Bytes    int64     `json:"bytes,omitempty"`
-	Elapsed  float64   `json:"elapsed_s,omitempty"`
-	Error    string    `json:"error,omitempty"`
+	// Total is, in "progress" events, the bytes the plan expects to dump
+	// (Bytes is what the region has received so far).
+	Total   int64   `json:"total,omitempty"`
+	Elapsed float64 `json:"elapsed_s,omitempty"`
+	Error   string  `json:"error,omitempty"`
 }
 
 func (o Options) emit(e Event) {
@@ -102,6 +109,12 @@ type Plan struct {
 	Problems    []string  `json:"problems,omitempty"`
 	// Warnings do not block the suspend but may fight it (HostWarnings).
 	Warnings []string `json:"warnings,omitempty"`
+	// Kexec is the kernel the plan checked (Options.Kexec).
+	Kexec *kexec.Image `json:"kexec,omitempty"`
+	// EstimatedFrozenS is how long the dump should keep workloads frozen,
+	// from EstimateBasis.
+	EstimatedFrozenS float64 `json:"estimated_frozen_s"`
+	EstimateBasis    string  `json:"estimate_basis,omitempty"`
 }
 
 // Key names a workload across backends.
@@ -175,6 +188,9 @@ func NewPlan(ctx context.Context, opts Options) (*Plan, error) {
 		}
 	}
 	p.Warnings = HostWarnings()
+	p.Kexec = opts.Kexec
+	p.checkKexec()
+	p.estimateFrozen()
 	for _, w := range p.Warnings {
 		opts.Logger.Warn("plan", "warning", w)
 	}
@@ -385,7 +401,10 @@ func Suspend(ctx context.Context, p *Plan) (*Result, error) {
 	start = time.Now()
 	records := make([]memregion.WorkloadRecord, len(p.Workloads))
 	res.Workloads = make([]WorkloadResult, len(p.Workloads))
-	if err := dumpAll(ctx, p, r, records, res.Workloads); err != nil {
+	stopProgress := watchProgress(r, p.Bytes, opts)
+	err = dumpAll(ctx, p, r, records, res.Workloads)
+	stopProgress()
+	if err != nil {
 		var de *dumpError
 		if errors.As(err, &de) {
 			return nil, rollback("dump", de.key, de.err)
@@ -404,6 +423,12 @@ func Suspend(ctx context.Context, p *Plan) (*Result, error) {
 		res.Bytes += res.Workloads[i].Bytes
 	}
 	res.GBps = float64(res.Bytes) / dumpTook.Seconds() / 1e9
+	if res.Bytes > 0 {
+		lr := lastRun{Time: time.Now(), Bytes: res.Bytes, DumpGBps: res.GBps, Concurrency: opts.Concurrency, DryRun: opts.DryRun}
+		if err := saveLastRun(opts.Journal, lr); err != nil {
+			log.Warn("recording the dump rate", "err", err)
+		}
+	}
 	if opts.DryRun {
 		now := time.Now()
 		for i := range res.Workloads {
@@ -453,6 +478,38 @@ func Suspend(ctx context.Context, p *Plan) (*Result, error) {
 		return res, fmt.Errorf("checkpoint committed, but some originals still exist (stop them before resume-all): %w", err)
 	}
 	return res, nil
+}
+
+// ProgressInterval is how often "progress" events report the dump.
+const ProgressInterval = 500 * time.Millisecond
+
+// watchProgress emits a "progress" event every ProgressInterval with the
+// bytes the region has taken since the dump began (backends that write
+// files into a dir region directly are counted too) until the returned
+// stop is called.
+func watchProgress(r *memregion.Region, total int64, opts Options) (stop func()) {
+	_, free0, err := r.Space()
+	if opts.Events == nil || err != nil {
+		return func() {}
+	}
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(ProgressInterval)
+		defer t.Stop()
+		start := time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if _, free, err := r.Space(); err == nil {
+					opts.emit(Event{Phase: "progress", Bytes: max(free0-free, 0), Total: total, Elapsed: time.Since(start).Seconds()})
+				}
+			}
+		}
+	}()
+	return func() { close(done); <-exited }
 }
 
 type dumpError struct {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ckpt-dev/ckpt/checkpoint"
+	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/memregion"
 	"github.com/ckpt-dev/ckpt/restore"
@@ -414,4 +415,96 @@ func TestDryRunRollsBack(t *testing.T) {
 		t.Fatal("dry run left workloads frozen")
 	}
 	assertRegionEmpty(t, e)
+}
+
+// TestDumpReportsProgress: while dumps run, "progress" events report the
+// bytes the region has taken against the plan's total, never going back.
+func TestDumpReportsProgress(t *testing.T) {
+	e := newEnv(t, memregion.KindRaw, 256<<20)
+	a := newFake("a", map[string]int64{"x": 8 << 20, "y": 4 << 20})
+	a.dumpDelay = 3 * checkpoint.ProgressInterval / 2
+	o := e.opts(a)
+	o.Concurrency = 1
+	var mu sync.Mutex
+	var prog []checkpoint.Event
+	o.Events = func(ev checkpoint.Event) {
+		if ev.Phase == "progress" {
+			mu.Lock()
+			prog = append(prog, ev)
+			mu.Unlock()
+		}
+	}
+	if _, err := suspend(t, context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var last int64
+	partial := false
+	for _, ev := range prog {
+		if ev.Total != 12<<20 {
+			t.Fatalf("progress total %d, want %d", ev.Total, 12<<20)
+		}
+		if ev.Bytes < last {
+			t.Fatalf("progress went back from %d to %d", last, ev.Bytes)
+		}
+		last = ev.Bytes
+		partial = partial || (ev.Bytes >= 8<<20 && ev.Bytes < 12<<20)
+	}
+	if !partial {
+		t.Fatalf("no progress event between the two dumps: %+v", prog)
+	}
+}
+
+// TestPlanEstimatesFrozenTime: before any suspend the estimate is a memcpy
+// lower bound; after one it uses the dump rate that suspend achieved.
+func TestPlanEstimatesFrozenTime(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	ctx := context.Background()
+	p, err := checkpoint.NewPlan(ctx, e.opts(newFake("a", map[string]int64{"x": 4 << 20})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.EstimatedFrozenS <= 0 || !strings.Contains(p.EstimateBasis, "lower bound: memcpy") {
+		t.Fatalf("first estimate %.3fs (%s)", p.EstimatedFrozenS, p.EstimateBasis)
+	}
+	a := newFake("a", map[string]int64{"x": 4 << 20})
+	a.dumpDelay = 100 * time.Millisecond
+	res, err := suspend(t, ctx, e.opts(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := restore.ResumeAll(ctx, e.resume(a)); err != nil {
+		t.Fatal(err)
+	}
+	p, err = checkpoint.NewPlan(ctx, e.opts(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := float64(p.Bytes) / (res.GBps * 1e9)
+	if !strings.Contains(p.EstimateBasis, "measured by the last suspend-all") || p.EstimatedFrozenS < want*0.99 || p.EstimatedFrozenS > want*1.01 {
+		t.Fatalf("estimate %.3fs (%s), want %.3fs from %.4f GB/s", p.EstimatedFrozenS, p.EstimateBasis, want, res.GBps)
+	}
+}
+
+// TestPlanChecksKexecTarget: a kernel that cannot be kexec'd blocks the
+// plan with what to do instead (here: no kexec in this kernel, or a
+// missing image).
+func TestPlanChecksKexecTarget(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	o := e.opts(newFake("a", map[string]int64{"x": 1 << 20}))
+	o.Kexec = &kexec.Image{Kernel: filepath.Join(t.TempDir(), "vmlinuz-missing"), Cmdline: "quiet"}
+	p, err := checkpoint.NewPlan(context.Background(), o)
+	var pe *checkpoint.PlanError
+	if !errors.As(err, &pe) {
+		t.Fatalf("plan error %v, want a PlanError", err)
+	}
+	text := strings.Join(p.Problems, "\n")
+	if kexec.Check() != nil {
+		if !strings.Contains(text, "fall back to a full reboot") {
+			t.Fatalf("problems lack the fallback: %s", text)
+		}
+	} else if !strings.Contains(text, "vmlinuz-missing") {
+		t.Fatalf("problems do not name the missing kernel: %s", text)
+	}
 }

@@ -5,9 +5,11 @@ import "strings"
 // EditCmdline returns cmdline with each "key=value" (or bare "key") of set
 // replacing every parameter with that key, in place of the first one or at
 // the end, and every key in drop removed. Quoting is kept as the kernel
-// prints it: parameters are split on spaces outside double quotes.
+// prints it: parameters are split on spaces outside double quotes. Only
+// the kernel's part is edited: what follows "--" is init's arguments and
+// is kept as it is, after the new parameters.
 func EditCmdline(cmdline string, set, drop []string) string {
-	params := splitCmdline(cmdline)
+	params, initArgs := kernelPart(splitCmdline(cmdline))
 	dropKey := map[string]bool{}
 	for _, k := range drop {
 		dropKey[k] = true
@@ -35,12 +37,24 @@ func EditCmdline(cmdline string, set, drop []string) string {
 			out = append(out, kv)
 		}
 	}
-	return strings.Join(out, " ")
+	return strings.Join(append(out, initArgs...), " ")
+}
+
+// kernelPart splits parameters at the first "--": the kernel's, and init's
+// (with the "--").
+func kernelPart(params []string) (kernel, init []string) {
+	for i, p := range params {
+		if p == "--" {
+			return params[:i], params[i:]
+		}
+	}
+	return params, nil
 }
 
 // Param returns the value of key on cmdline and whether it is present.
 func Param(cmdline, key string) (string, bool) {
-	for _, p := range splitCmdline(cmdline) {
+	params, _ := kernelPart(splitCmdline(cmdline))
+	for _, p := range params {
 		if paramKey(p) == key {
 			_, v, _ := strings.Cut(p, "=")
 			return strings.Trim(v, `"`), true

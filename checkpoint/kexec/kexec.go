@@ -116,3 +116,37 @@ func Exec() error {
 	}
 	return nil
 }
+
+// Fallback is what to do where kexec cannot be used: the same suspend,
+// then a full reboot instead of a kexec.
+const Fallback = "fall back to a full reboot: format a region on disk (ckpt region format /var/lib/ckpt/region --kind dir), " +
+	"run ckpt suspend-all --no-kexec --region /var/lib/ckpt/region, reboot, and let ckpt-resume.service run resume-all at boot"
+
+// Check reports, without loading anything, whether this kernel lets us
+// kexec_file_load at all: nil, or why not.
+func Check() error {
+	if _, err := os.Stat("/sys/kernel/kexec_loaded"); err != nil {
+		return errors.New("this kernel has no kexec (built without CONFIG_KEXEC_FILE: no /sys/kernel/kexec_loaded)")
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/kexec_load_disabled"); err == nil && strings.TrimSpace(string(b)) == "1" {
+		return errors.New("kexec is disabled until the next boot (sysctl kernel.kexec_load_disabled=1)")
+	}
+	return nil
+}
+
+// Lockdown is the kernel's lockdown mode ("none", "integrity",
+// "confidentiality"), or "" where the kernel does not say. Under lockdown
+// kexec_file_load accepts only kernels signed with a key the kernel
+// trusts.
+func Lockdown() string {
+	b, err := os.ReadFile("/sys/kernel/security/lockdown")
+	if err != nil {
+		return ""
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if strings.HasPrefix(f, "[") {
+			return strings.Trim(f, "[]")
+		}
+	}
+	return ""
+}

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 
 	"github.com/ckpt-dev/ckpt/checkpoint"
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
@@ -113,47 +112,22 @@ func (f *engineFlags) needRegion() error {
 	return nil
 }
 
-// events prints progress: JSON lines with --json, else log lines.
-func (g *globals) events(w io.Writer, log *slog.Logger) func(checkpoint.Event) {
-	var mu sync.Mutex
-	enc := json.NewEncoder(w)
-	return func(e checkpoint.Event) {
-		if g.json {
-			mu.Lock()
-			enc.Encode(map[string]any{"event": e})
-			mu.Unlock()
-			return
-		}
-		attrs := []any{"phase", e.Phase}
-		if e.Workload != "" {
-			attrs = append(attrs, "workload", e.Workload)
-		}
-		if e.Bytes > 0 {
-			attrs = append(attrs, "bytes", memregion.HumanBytes(e.Bytes))
-		}
-		if e.Elapsed > 0 {
-			attrs = append(attrs, "took", fmt.Sprintf("%.2fs", e.Elapsed))
-		}
-		if e.Error != "" {
-			log.Warn("progress", append(attrs, "error", e.Error)...)
-			return
-		}
-		log.Info("progress", attrs...)
-	}
-}
-
 // kernelTarget resolves the kernel to kexec into: a version, or the
 // newest installed one (GRUB's default entry on a stock Debian).
 func kernelTarget(version string) (kexec.Image, error) {
 	if version == "" {
 		ks, _ := filepath.Glob("/boot/vmlinuz-*")
 		if len(ks) == 0 {
-			return kexec.Image{}, errors.New("no kernel in /boot")
+			return kexec.Image{}, errors.New("no kernel in /boot to kexec into (name one with --kernel, or use --no-kexec)")
 		}
 		sort.Slice(ks, func(i, j int) bool { return versionLess(ks[i], ks[j]) })
 		version = strings.TrimPrefix(filepath.Base(ks[len(ks)-1]), "vmlinuz-")
 	}
 	img := kexec.Image{Kernel: "/boot/vmlinuz-" + version, Initrd: "/boot/initrd.img-" + version}
+	if strings.Contains(version, "/") { // a path: its initrd beside it
+		v := strings.TrimPrefix(filepath.Base(version), "vmlinuz-")
+		img = kexec.Image{Kernel: version, Initrd: filepath.Join(filepath.Dir(version), "initrd.img-"+v)}
+	}
 	if _, err := os.Stat(img.Kernel); err != nil {
 		return img, fmt.Errorf("target kernel: %w", err)
 	}
@@ -166,6 +140,34 @@ func kernelTarget(version string) (kexec.Image, error) {
 	}
 	img.Cmdline = strings.TrimSpace(string(cur)) // keeps memmap=
 	return img, nil
+}
+
+// targetFlags choose the kernel suspend-all kexecs into (plan checks it).
+type targetFlags struct {
+	kernel    string
+	noKexec   bool
+	set, drop []string
+}
+
+func (t *targetFlags) add(fs *pflag.FlagSet) {
+	fs.StringVar(&t.kernel, "kernel", "", "kernel version (or vmlinuz path) to boot (default: the newest in /boot, GRUB's default entry on Debian)")
+	fs.BoolVar(&t.noKexec, "no-kexec", false, "stop after the commit (for a soft-reboot or a full reboot with a disk region)")
+	fs.StringSliceVar(&t.set, "cmdline-set", nil, "key=value parameters of the next kernel's command line that replace the running one's")
+	fs.StringSliceVar(&t.drop, "cmdline-drop", nil, "parameter keys to remove from the next kernel's command line")
+}
+
+// image is the kernel to kexec into, nil with --no-kexec. Its command line
+// is the running one (keeping the region's memmap=) with the overrides.
+func (t *targetFlags) image() (*kexec.Image, error) {
+	if t.noKexec {
+		return nil, nil
+	}
+	img, err := kernelTarget(t.kernel)
+	if err != nil && img.Kernel == "" {
+		return nil, err
+	}
+	img.Cmdline = kexec.EditCmdline(img.Cmdline, t.set, t.drop)
+	return &img, nil
 }
 
 // versionLess compares kernel file names numerically where they differ
@@ -187,8 +189,8 @@ func notDigit(r rune) bool { return r < '0' || r > '9' }
 
 func newSuspendAllCommand(g *globals) *cobra.Command {
 	var f engineFlags
-	var kernel string
-	var noKexec, loadOnly, preDump bool
+	var target targetFlags
+	var loadOnly, preDump bool
 	c := &cobra.Command{
 		Use:   "suspend-all",
 		Short: "Freeze every workload, dump them into the region, commit, and kexec into the new kernel",
@@ -205,11 +207,13 @@ kernel. Any failure before the commit point thaws every workload on this kernel.
 			defer cancel()
 			opts := checkpoint.Options{Region: f.region, Backends: bs, Concurrency: f.concurrency, Only: f.only,
 				Journal: f.journal, PreDump: preDump, Logger: log, Events: g.events(cmd.OutOrStdout(), log)}
-			var img kexec.Image
+			img, err := target.image()
+			if err != nil {
+				return err
+			}
+			noKexec := img == nil
 			if !noKexec {
-				if img, err = kernelTarget(kernel); err != nil {
-					return err
-				}
+				opts.Kexec = img
 				opts.Attributes = map[string]string{"target_kernel": img.Kernel}
 			}
 			plan, err := checkpoint.NewPlan(ctx, opts)
@@ -219,8 +223,8 @@ kernel. Any failure before the commit point thaws every workload on this kernel.
 			if !noKexec {
 				// Load first: a kernel that cannot be loaded stops us
 				// before anything is frozen.
-				if err := kexec.Load(img); err != nil {
-					return fmt.Errorf("%w (use --no-kexec to suspend for a full reboot or a soft-reboot)", err)
+				if err := kexec.Load(*img); err != nil {
+					return fmt.Errorf("%w; nothing was frozen. To update anyway, %s", err, kexec.Fallback)
 				}
 			}
 			res, err := checkpoint.Suspend(ctx, plan)
@@ -247,8 +251,7 @@ kernel. Any failure before the commit point thaws every workload on this kernel.
 		},
 	}
 	f.add(c.Flags())
-	c.Flags().StringVar(&kernel, "kernel", "", "kernel version to boot (default: the newest in /boot)")
-	c.Flags().BoolVar(&noKexec, "no-kexec", false, "stop after the commit (for a soft-reboot or a full reboot with a disk region)")
+	target.add(c.Flags())
 	c.Flags().BoolVar(&loadOnly, "load-only", false, "load the kernel but do not execute it")
 	c.Flags().BoolVar(&preDump, "pre-dump", true, "copy memory ahead of the freeze where backends can")
 	return c
@@ -256,6 +259,7 @@ kernel. Any failure before the commit point thaws every workload on this kernel.
 
 func newPlanCommand(g *globals) *cobra.Command {
 	var f engineFlags
+	var target targetFlags
 	c := &cobra.Command{
 		Use:   "plan",
 		Short: "Dry run: what suspend-all would freeze, how many bytes, and what blocks it",
@@ -266,21 +270,46 @@ func newPlanCommand(g *globals) *cobra.Command {
 				return err
 			}
 			defer cancel()
-			p, perr := checkpoint.NewPlan(ctx, checkpoint.Options{Region: f.region, Backends: bs, Only: f.only, Logger: log})
+			img, kerr := target.image()
+			p, perr := checkpoint.NewPlan(ctx, checkpoint.Options{Region: f.region, Backends: bs, Only: f.only, Journal: f.journal,
+				Concurrency: f.concurrency, Kexec: img, Logger: log})
 			g.print(cmd.OutOrStdout(), p, func(w io.Writer) {
 				fmt.Fprintf(w, "%d workloads, %s to dump; region %s free of %s\n", len(p.Workloads), memregion.HumanBytes(p.Bytes),
 					memregion.HumanBytes(p.RegionFree), memregion.HumanBytes(p.RegionTotal))
 				for _, pl := range p.Workloads {
 					fmt.Fprintf(w, "  %-40s %-12s %10s  %s\n", pl.Key, pl.Workload.Kind, memregion.HumanBytes(pl.Bytes), pl.Problem)
 				}
+				if p.EstimateBasis != "" {
+					fmt.Fprintf(w, "estimated frozen time %.1fs (%s)\n", p.EstimatedFrozenS, p.EstimateBasis)
+				}
+				if kerr != nil {
+					fmt.Fprintf(w, "kexec: %v\n", kerr)
+				} else if img == nil {
+					fmt.Fprintln(w, "no kexec: suspend-all --no-kexec stops after the commit")
+				} else {
+					initrd := img.Initrd
+					if initrd == "" {
+						initrd = "none"
+					}
+					fmt.Fprintf(w, "kexec into %s (initrd %s)\n  command line: %s\n", img.Kernel, initrd, img.Cmdline)
+				}
 				for _, warn := range p.Warnings {
 					fmt.Fprintln(w, "warning:", warn)
 				}
 			})
+			if kerr != nil {
+				var pe *checkpoint.PlanError
+				if !errors.As(perr, &pe) {
+					pe = &checkpoint.PlanError{}
+				}
+				pe.Problems = append(pe.Problems, kerr.Error())
+				perr = pe
+			}
 			return perr
 		},
 	}
 	f.add(c.Flags())
+	target.add(c.Flags())
 	return c
 }
 

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -17,6 +17,10 @@ type globals struct {
 	json     bool
 	logLevel string
 	timeout  time.Duration
+
+	once sync.Once
+	errw io.Writer   // stderr, or term
+	term *termWriter // stderr when it is a terminal (progress bars)
 }
 
 func newRootCommand() *cobra.Command {
@@ -62,9 +66,9 @@ func (g *globals) logger() *slog.Logger {
 	}
 	opts := &slog.HandlerOptions{Level: lvl}
 	if g.json {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+		return slog.New(slog.NewJSONHandler(g.stderr(), opts))
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	return slog.New(slog.NewTextHandler(g.stderr(), opts))
 }
 
 // context applies --timeout to the command's context.
