@@ -307,6 +307,14 @@ func Suspend(ctx context.Context, p *Plan) (*Result, error) {
 	frozen := make([]bool, len(p.Workloads))
 	frozenAt := make([]time.Time, len(p.Workloads))
 	rollback := func(ph, key string, cause error) error {
+		if cerr := ctx.Err(); cerr != nil {
+			// Interrupted (Ctrl-C, SIGTERM) or timed out: that is the
+			// cause, not the workload whose call it happened to cut.
+			if key != "" {
+				log.Debug("cut short by the cancel", "workload", key, "err", cause)
+			}
+			key, cause = "", fmt.Errorf("%w: interrupted or timed out, before the commit", cerr)
+		}
 		opts.emit(Event{Phase: "rollback", Workload: key, Error: cause.Error()})
 		log.Warn("rolling back", "phase", ph, "workload", key, "err", cause)
 		rctx := context.WithoutCancel(ctx) // a cancelled ctx must not stop the thaw

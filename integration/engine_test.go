@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -214,17 +215,18 @@ func TestFailedDumpKeepsEverythingRunning(t *testing.T) {
 	}
 }
 
-// TestKilledSuspendIsRecovered: kill -9 of ckpt mid-dump leaves workloads
-// frozen; ckpt recover thaws them all.
-func TestKilledSuspendIsRecovered(t *testing.T) {
-	h := newHost(t)
-	h.container(workloads.Checkpointable)
-	h.vm()
-	before := h.counters()
-	cmd := exec.Command(h.ckpt, "suspend-all", "--no-kexec", "--region", h.region, "--runc-root", h.runcRoot,
-		"--qmp-dir", h.qmpDir, "--journal", h.journal, "--resume-state", h.state)
+// startSuspend runs ckpt suspend-all --no-kexec in the background and
+// returns once the journal says every workload is frozen (the dump is
+// under way), with the command and its output.
+func (h *host) startSuspend(extra ...string) (*exec.Cmd, *bytes.Buffer) {
+	h.t.Helper()
+	args := append([]string{"suspend-all", "--no-kexec", "--region", h.region, "--runc-root", h.runcRoot,
+		"--qmp-dir", h.qmpDir, "--journal", h.journal, "--resume-state", h.state}, extra...)
+	cmd := exec.Command(h.ckpt, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		h.t.Fatal(err)
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
@@ -233,6 +235,25 @@ func TestKilledSuspendIsRecovered(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	return cmd, &out
+}
+
+// notCommitted checks the region holds no checkpoint.
+func (h *host) notCommitted() {
+	h.t.Helper()
+	if out, _ := h.run("region", "inspect", h.region); !strings.Contains(out, "no committed checkpoint") {
+		h.t.Fatal("region committed after a failed suspend")
+	}
+}
+
+// TestKilledSuspendIsRecovered: kill -9 of ckpt mid-dump leaves workloads
+// frozen; ckpt recover thaws them all.
+func TestKilledSuspendIsRecovered(t *testing.T) {
+	h := newHost(t)
+	h.container(workloads.Checkpointable)
+	h.vm()
+	before := h.counters()
+	cmd, _ := h.startSuspend()
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	j, _ := checkpoint.ReadJournal(h.journal)
@@ -245,6 +266,72 @@ func TestKilledSuspendIsRecovered(t *testing.T) {
 		t.Fatalf("recover: %v", err)
 	}
 	h.running(before)
+}
+
+// TestInterruptedSuspendRollsBack: Ctrl-C (SIGINT) during the dump rolls
+// back: ckpt says so and exits non-zero, every workload runs on, nothing
+// is committed, and the journal is gone.
+func TestInterruptedSuspendRollsBack(t *testing.T) {
+	h := newHost(t)
+	h.container(workloads.Checkpointable)
+	h.vm()
+	before := h.counters()
+	cmd, out := h.startSuspend()
+	cmd.Process.Signal(os.Interrupt)
+	err := cmd.Wait()
+	t.Logf("ckpt suspend-all, interrupted:\n%s", out)
+	if err == nil {
+		t.Skipf("skipped: the suspend committed before the interrupt arrived")
+	}
+	if !strings.Contains(out.String(), "rolled back") || !strings.Contains(out.String(), "context canceled") {
+		t.Fatalf("suspend-all = %v; want a rollback after the interrupt", err)
+	}
+	h.running(before)
+	h.notCommitted()
+	if j, _ := checkpoint.ReadJournal(h.journal); j != nil {
+		t.Fatalf("journal left after a rollback: %+v", j)
+	}
+}
+
+// TestRegionFullKeepsEverythingRunning: the region (a small tmpfs) fills
+// up mid-dump, after the plan found enough space: the dump fails with "no
+// space", every workload runs on, and nothing is committed.
+func TestRegionFullKeepsEverythingRunning(t *testing.T) {
+	h := newHost(t)
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=768m", "ckpt-test", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
+	h.region = filepath.Join(mnt, "region")
+	if out, err := h.run("region", "format", h.region); err != nil {
+		t.Fatalf("region format: %v\n%s", err, out)
+	}
+	h.container(workloads.Checkpointable)
+	h.vm()
+	before := h.counters()
+	cmd, out := h.startSuspend()
+	// Something else takes the space the plan counted on: write until
+	// the tmpfs is full.
+	f, err := os.Create(filepath.Join(mnt, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte{1}, 1<<20)
+	for err == nil {
+		_, err = f.Write(chunk)
+	}
+	f.Close()
+	err = cmd.Wait()
+	t.Logf("ckpt suspend-all, region filled:\n%s", out)
+	if err == nil {
+		t.Skipf("skipped: the dump finished before the region filled up")
+	}
+	if !strings.Contains(out.String(), "no space") || !strings.Contains(out.String(), "rolled back") {
+		t.Fatalf("suspend-all = %v; want a rollback for a full region", err)
+	}
+	h.running(before)
+	h.notCommitted()
 }
 
 // TestDemo runs the README's main command (the built binary, from the
