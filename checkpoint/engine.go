@@ -492,12 +492,23 @@ func Suspend(ctx context.Context, p *Plan) (*Result, error) {
 const ProgressInterval = 500 * time.Millisecond
 
 // watchProgress emits a "progress" event every ProgressInterval with the
-// bytes the region has taken since the dump began (backends that write
-// files into a dir region directly are counted too) until the returned
-// stop is called.
+// bytes written into the region since the dump began, until the returned
+// stop is called: on a dir region the filesystem's growth (backends write
+// files there directly), on a raw one the bytes streamed (space there is
+// reserved ahead of the writes).
 func watchProgress(r *memregion.Region, total int64, opts Options) (stop func()) {
-	_, free0, err := r.Space()
-	if opts.Events == nil || err != nil {
+	if opts.Events == nil {
+		return func() {}
+	}
+	written := func() (int64, error) {
+		_, free, err := r.Space()
+		return -free, err
+	}
+	if r.Kind() == memregion.KindRaw {
+		written = func() (int64, error) { return r.Streamed(), nil }
+	}
+	base, err := written()
+	if err != nil {
 		return func() {}
 	}
 	done, exited := make(chan struct{}), make(chan struct{})
@@ -511,8 +522,8 @@ func watchProgress(r *memregion.Region, total int64, opts Options) (stop func())
 			case <-done:
 				return
 			case <-t.C:
-				if _, free, err := r.Space(); err == nil {
-					opts.emit(Event{Phase: "progress", Bytes: max(free0-free, 0), Total: total, Elapsed: time.Since(start).Seconds()})
+				if n, err := written(); err == nil {
+					opts.emit(Event{Phase: "progress", Bytes: max(n-base, 0), Total: total, Elapsed: time.Since(start).Seconds()})
 				}
 			}
 		}

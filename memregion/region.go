@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/zeebo/xxh3"
@@ -70,7 +71,14 @@ type Region struct {
 	writing map[string]bool
 	done    []ObjectInfo
 	names   map[string]bool
+
+	streamed atomic.Int64 // bytes written through ObjectWriters
 }
+
+// Streamed is how many bytes object writers have written into the region
+// since it was opened (files adopted from a dir region are not counted:
+// their writers bypass the region).
+func (r *Region) Streamed() int64 { return r.streamed.Load() }
 
 // Kind is "dir" or "raw".
 func (r *Region) Kind() string { return r.st.kind() }
@@ -391,6 +399,7 @@ func (w *ObjectWriter) Write(p []byte) (int, error) {
 		n, err := w.s.Write(c)
 		written += n
 		w.n += int64(n)
+		w.r.streamed.Add(int64(n))
 		if err != nil {
 			w.err = fmt.Errorf("write %q at %d: %w", w.name, w.n, err)
 			return written, w.err

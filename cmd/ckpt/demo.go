@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ckpt-dev/ckpt/checkpoint"
 	"github.com/ckpt-dev/ckpt/memregion"
 	"github.com/spf13/cobra"
 )
@@ -47,7 +48,18 @@ that both counters continue. Every step is timed.`,
 				return fmt.Errorf("the workload demo needs %s; run ./hack/setup.sh as root from the repository (or pass --region-only)",
 					strings.Join(miss, ", "))
 			}
-			if err := runWorkloadDemo(ctx, w, dir, guestKernel, g.logger()); err != nil {
+			log := g.logger()
+			var bar func(checkpoint.Event) // a progress bar, on a terminal only
+			if g.term != nil {
+				ev := g.events(io.Discard, log)
+				bar = func(e checkpoint.Event) {
+					if e.Phase == "progress" {
+						ev(e)
+					}
+				}
+				w = g.term.sharing(w)
+			}
+			if err := runWorkloadDemo(ctx, w, dir, guestKernel, log, bar); err != nil {
 				return fmt.Errorf("workload demo: %w", err)
 			}
 			fmt.Fprintln(w, "demo OK: a container and a VM were suspended into a region and resumed")

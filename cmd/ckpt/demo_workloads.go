@@ -93,7 +93,7 @@ func (c *demoCounter) scanFile(path string) int64 {
 	return c.n.Load()
 }
 
-func runWorkloadDemo(ctx context.Context, w io.Writer, base, guestKernel string, log *slog.Logger) error {
+func runWorkloadDemo(ctx context.Context, w io.Writer, base, guestKernel string, log *slog.Logger, events func(checkpoint.Event)) error {
 	dir, err := os.MkdirTemp(base, "ckd-")
 	if err != nil {
 		return err
@@ -160,7 +160,7 @@ func runWorkloadDemo(ctx context.Context, w io.Writer, base, guestKernel string,
 		return err
 	}
 	journal := filepath.Join(dir, "journal.json")
-	plan, err := checkpoint.NewPlan(ctx, checkpoint.Options{Region: region, Backends: bs, Journal: journal, Logger: log})
+	plan, err := checkpoint.NewPlan(ctx, checkpoint.Options{Region: region, Backends: bs, Journal: journal, Logger: log, Events: events})
 	if err != nil {
 		return err
 	}

@@ -21,29 +21,40 @@ const plainEvery = 5 * time.Second
 
 // termWriter is stderr when it is a terminal: a progress bar is drawn in
 // place on its last line, and anything else written first clears it, so
-// log lines and the bar do not mix.
+// log lines and the bar do not mix. Writers made by sharing (stdout on the
+// same terminal) clear it too.
 type termWriter struct {
-	mu  sync.Mutex
-	w   io.Writer
-	bar bool
+	st *barState
+	w  io.Writer
 }
 
+type barState struct {
+	mu  sync.Mutex
+	out io.Writer // where the bar is drawn
+	bar bool      // a bar is on the last line
+}
+
+func newTermWriter(w io.Writer) *termWriter { return &termWriter{st: &barState{out: w}, w: w} }
+
 func (t *termWriter) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.bar {
-		io.WriteString(t.w, "\r\033[K")
-		t.bar = false
+	t.st.mu.Lock()
+	defer t.st.mu.Unlock()
+	if t.st.bar {
+		io.WriteString(t.st.out, "\r\033[K")
+		t.st.bar = false
 	}
 	return t.w.Write(p)
 }
 
 func (t *termWriter) draw(line string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	io.WriteString(t.w, "\r\033[K"+line)
-	t.bar = true
+	t.st.mu.Lock()
+	defer t.st.mu.Unlock()
+	io.WriteString(t.st.out, "\r\033[K"+line)
+	t.st.bar = true
 }
+
+// sharing wraps another writer on the same terminal.
+func (t *termWriter) sharing(w io.Writer) io.Writer { return &termWriter{st: t.st, w: w} }
 
 // isTerminal reports whether f is a terminal that can redraw a line.
 func isTerminal(f *os.File) bool {
@@ -59,7 +70,7 @@ func (g *globals) stderr() io.Writer {
 	g.once.Do(func() {
 		g.errw = os.Stderr
 		if !g.json && isTerminal(os.Stderr) {
-			g.term = &termWriter{w: os.Stderr}
+			g.term = newTermWriter(os.Stderr)
 			g.errw = g.term
 		}
 	})

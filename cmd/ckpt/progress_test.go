@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"strings"
 	"testing"
 
 	"github.com/ckpt-dev/ckpt/checkpoint"
@@ -25,16 +24,19 @@ func TestProgressBar(t *testing.T) {
 // erases the bar, so the two never share a line.
 func TestTermWriterClearsBar(t *testing.T) {
 	var out bytes.Buffer
-	tw := &termWriter{w: &out}
+	tw := newTermWriter(&out)
 	tw.draw("dump [##--]")
 	tw.draw("dump [###-]")
 	tw.Write([]byte("level=INFO msg=progress phase=seal\n"))
 	tw.Write([]byte("next line\n"))
-	want := "\r\033[Kdump [##--]\r\033[Kdump [###-]\r\033[Klevel=INFO msg=progress phase=seal\nnext line\n"
+	tw.draw("dump [####]")
+	var stdout bytes.Buffer
+	tw.sharing(&stdout).Write([]byte("suspend done\n"))
+	want := "\r\033[Kdump [##--]\r\033[Kdump [###-]\r\033[Klevel=INFO msg=progress phase=seal\nnext line\n\r\033[Kdump [####]\r\033[K"
 	if out.String() != want {
 		t.Fatalf("terminal got %q\nwant %q", out.String(), want)
 	}
-	if strings.Count(out.String(), "\r\033[K") != 3 {
-		t.Fatal("a line was cleared twice")
+	if stdout.String() != "suspend done\n" {
+		t.Fatalf("stdout %q", stdout.String())
 	}
 }
