@@ -69,9 +69,19 @@ func anyList(s []string) []any {
 
 // backends loads every registered backend that can run here.
 func (f *engineFlags) backends(ctx context.Context, log *slog.Logger) ([]hypervisors.Backend, error) {
+	return f.backendsWith(ctx, log, nil)
+}
+
+// backendsWith loads the backends with more settings per backend.
+func (f *engineFlags) backendsWith(ctx context.Context, log *slog.Logger, extra map[string]map[string]any) ([]hypervisors.Backend, error) {
 	cfg := map[string]map[string]any{
 		"criu": {"runc_root": f.runcRoot, "process_trees": anyList(f.processTrees)},
 		"qemu": {"socket_dir": f.qmpDir, "sockets": anyList(f.qmpSockets), "preserved_ram_dirs": anyList(f.ramDirs)},
+	}
+	for b, kv := range extra {
+		for k, v := range kv {
+			cfg[b][k] = v
+		}
 	}
 	bs, skipped, err := hypervisors.Load(ctx, cfg, log)
 	for name, why := range skipped {

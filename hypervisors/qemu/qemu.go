@@ -117,9 +117,28 @@ func init() {
 			}
 			cfg.Sockets = stringList(ic.Config["sockets"])
 			cfg.PreservedRAMDirs = stringList(ic.Config["preserved_ram_dirs"])
+			if v, ok := intValue(ic.Config["max_bandwidth"]); ok {
+				cfg.MaxBandwidth = v
+			}
+			if v, ok := intValue(ic.Config["multifd_channels"]); ok {
+				cfg.MultifdChannels = int(v)
+			}
 			return New(cfg, ic.Logger)
 		},
 	})
+}
+
+// intValue decodes a number from a config section (TOML gives int64).
+func intValue(v any) (int64, bool) {
+	switch x := v.(type) {
+	case int:
+		return int64(x), true
+	case int64:
+		return x, true
+	case float64:
+		return int64(x), true
+	}
+	return 0, false
 }
 
 // stringList decodes a list of strings from a config section.
@@ -196,6 +215,19 @@ func (b *Backend) monitor(ctx context.Context, socket string) (*vm, error) {
 	b.vms[socket] = v
 	b.mu.Unlock()
 	return v, nil
+}
+
+// Close drops every QMP connection the backend holds (QEMU accepts one
+// client per socket, so another backend instance can connect afterwards).
+// The VMs are not touched.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for s, v := range b.vms {
+		v.mon.Close()
+		delete(b.vms, s)
+	}
+	return nil
 }
 
 // forget drops a VM's connection (after Finish, or when its QEMU quit).
