@@ -347,15 +347,16 @@ func TestDemo(t *testing.T) {
 	}
 }
 
-// TestBench: ckpt bench dry-runs a suspend of real workloads twice and
-// leaves them running.
+// TestBench: ckpt bench dry-runs a suspend of real workloads three times
+// (ckpt, one at a time, backend defaults) and leaves them running.
 func TestBench(t *testing.T) {
 	h := newHost(t)
 	h.container(workloads.Checkpointable)
 	h.container(workloads.Checkpointable)
+	h.vm()
 	before := h.counters()
 	out, err := h.run("bench")
-	if err != nil || !strings.Contains(out, "% of memcpy") {
+	if err != nil || !strings.Contains(out, "% of memcpy") || !strings.Contains(out, "x backend defaults") {
 		t.Fatalf("bench: %v", err)
 	}
 	h.running(before)

@@ -134,16 +134,16 @@ const (
 )
 
 // bootGuest runs QEMU (TCG) until the guest powers off and returns the
-// serial console.
-func bootGuest(t *testing.T, emulator string, k guestKernel, initrd, mem, cmdline string, timeout time.Duration) string {
+// serial console; extra are more QEMU arguments (a later -smp wins).
+func bootGuest(t *testing.T, emulator string, k guestKernel, initrd, mem, cmdline string, timeout time.Duration, extra ...string) string {
 	t.Helper()
 	qemu := requireTool(t, emulator)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, qemu,
-		"-m", mem, "-smp", "1", "-no-reboot",
+	args := append([]string{"-m", mem, "-smp", "1", "-no-reboot",
 		"-display", "none", "-monitor", "none", "-serial", "stdio",
-		"-kernel", k.Vmlinuz, "-initrd", initrd, "-append", cmdline)
+		"-kernel", k.Vmlinuz, "-initrd", initrd, "-append", cmdline}, extra...)
+	cmd := exec.CommandContext(ctx, qemu, args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()

@@ -44,7 +44,6 @@ func newBackendLogs(t testing.TB, root string) (*criu.Runtime, string) {
 func newBackendLogsCfg(t testing.TB, root string, edit func(*criu.Config)) (*criu.Runtime, string) {
 	t.Helper()
 	testenv.RequireRoot(t)
-	testenv.RequireTool(t, "iptables-restore")
 	cfg := criu.Config{
 		Runc:     testenv.RequireTool(t, "runc"),
 		CRIU:     testenv.RequireTool(t, "criu"),

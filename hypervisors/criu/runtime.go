@@ -153,6 +153,10 @@ func (r *Runtime) Name() string { return Name }
 // CRIUVersion is CRIU's version as major*10000+minor*100+sub.
 func (r *Runtime) CRIUVersion() int { return r.criuVersion }
 
+// CanPreDump reports whether CRIU can track dirty memory on this kernel,
+// which pre-dump needs (CONFIG_MEM_SOFT_DIRTY).
+func (r *Runtime) CanPreDump() bool { return r.memTrack }
+
 func (r *Runtime) stage(id, what string) (string, error) {
 	if err := os.MkdirAll(r.cfg.WorkDir, 0o700); err != nil {
 		return "", err

@@ -60,6 +60,8 @@ func (c *conversation) expect(t *testing.T, want string) {
 // the dump (which, with a connection, ends the container). The client
 // talks while the container is down; the same connection answers after.
 func TestEstablishedTCPConnectionSurvives(t *testing.T) {
+	// CRIU locks dumped connections with iptables until they are restored.
+	testenv.RequireTool(t, "iptables-restore")
 	root := filepath.Join(t.TempDir(), "runc")
 	b, logs := newBackendLogsCfg(t, root, func(c *criu.Config) {
 		c.ProcessTrees = []string{fmt.Sprintf("/ckpt-tree-%d-*", os.Getpid())}

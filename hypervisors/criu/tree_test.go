@@ -77,7 +77,7 @@ func startTree(t *testing.T, memMiB int) *workloads.Container {
 			}
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(workloads.StartTimeout)
 	for time.Now().Before(deadline) {
 		if _, err := c.Ask("tick"); err == nil {
 			return c

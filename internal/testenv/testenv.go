@@ -87,6 +87,16 @@ func StaticBinary(t testing.TB, pkg string) string {
 	if p, ok := built[pkg]; ok {
 		return p
 	}
+	// A test binary run where there is no Go toolchain (inside a QEMU
+	// guest) finds the binaries built for it in CKPT_TESTBIN_DIR.
+	if d := os.Getenv("CKPT_TESTBIN_DIR"); d != "" {
+		p := filepath.Join(d, filepath.Base(pkg))
+		if !isExec(p) {
+			t.Fatalf("CKPT_TESTBIN_DIR=%s has no %s", d, filepath.Base(pkg))
+		}
+		built[pkg] = p
+		return p
+	}
 	dir, err := os.MkdirTemp("", "ckpt-bin-")
 	if err != nil {
 		t.Fatal(err)

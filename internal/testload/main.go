@@ -3,7 +3,9 @@
 // process, and answers a line protocol on a TCP port:
 //
 //	tick   → "tick N"           (N grows every -tick while it runs)
-//	sum    → "sum OK <crc>" or "sum BAD <crc> <want>" (memory recomputed)
+//	sum    → "sum OK <crc>" or "sum BAD <n> of <pages> pages" (every 4 KiB
+//	         page checked against the checksum of what was last written)
+//	written → "written N pages" (page rewrites so far, with -dirty)
 //	child  → "child <pid> alive|dead"
 //	echo X → "X"
 //
@@ -17,6 +19,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/binary"
 	"flag"
 	"fmt"
 	"hash/crc32"
@@ -25,6 +28,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -43,6 +47,8 @@ func main() {
 	childCmd := flag.String("child", "/bin/sh -c 'while :; do sleep 1; done'", "child process (empty: none)")
 	guest := flag.Bool("guest", false, "run as a VM's init: mount /dev, print to the serial console")
 	sumEvery := flag.Duration("sum-every", 0, "also print \"sum OK|BAD\" this often (0: never)")
+	dirty := flag.Int("dirty", 0, "MiB/s of the memory to keep rewriting, at random pages (0: none)")
+	hot := flag.Int("hot", 0, "rewrite only pages within the first this many MiB (0: anywhere)")
 	flag.Parse()
 	if *guest {
 		guestInit()
@@ -50,8 +56,10 @@ func main() {
 
 	buf := make([]byte, *memMiB<<20)
 	rand.NewChaCha8([32]byte{'c', 'k', 'p', 't'}).Read(buf)
-	table := crc32.MakeTable(crc32.Castagnoli)
-	want := crc32.Checksum(buf, table)
+	mem := newMemory(buf)
+	if *dirty > 0 {
+		go mem.keepWriting(*dirty, *hot)
+	}
 
 	var child *exec.Cmd
 	if *childCmd != "" {
@@ -68,13 +76,7 @@ func main() {
 			fmt.Printf("tick %d\n", n)
 		}
 	}()
-	sum := func() string {
-		got := crc32.Checksum(buf, table)
-		if got == want {
-			return fmt.Sprintf("sum OK %08x", got)
-		}
-		return fmt.Sprintf("sum BAD %08x %08x", got, want)
-	}
+	sum := mem.check
 	if *sumEvery > 0 {
 		go func() {
 			for range time.Tick(*sumEvery) {
@@ -83,7 +85,7 @@ func main() {
 		}()
 	}
 	if *listen == "" {
-		fmt.Printf("ready mem=%dMiB crc=%08x\n", *memMiB, want)
+		fmt.Printf("ready mem=%dMiB %s\n", *memMiB, mem.check())
 		select {}
 	}
 	ln, err := net.Listen("tcp", *listen)
@@ -91,7 +93,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "listen:", err)
 		os.Exit(1)
 	}
-	fmt.Printf("ready %s mem=%dMiB crc=%08x\n", ln.Addr(), *memMiB, want)
+	fmt.Printf("ready %s mem=%dMiB %s\n", ln.Addr(), *memMiB, mem.check())
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -103,6 +105,10 @@ func main() {
 				return fmt.Sprintf("tick %d", ticks.Load())
 			case cmd == "sum":
 				return sum()
+			case cmd == "written":
+				mem.mu.Lock()
+				defer mem.mu.Unlock()
+				return fmt.Sprintf("written %d pages", mem.gen)
 			case cmd == "child":
 				if child == nil {
 					return "child 0 dead"
@@ -118,6 +124,77 @@ func main() {
 			return "unknown " + cmd
 		})
 	}
+}
+
+// memory is the workload's anonymous memory with a CRC-32C per 4 KiB page,
+// kept up to date as pages are rewritten, so a check finds any page whose
+// content does not match what the process last wrote (a page lost or left
+// stale by a restore, or by a pre-dump whose later changes were missed).
+type memory struct {
+	mu    sync.Mutex
+	buf   []byte
+	sums  []uint32
+	table *crc32.Table
+	gen   uint64
+}
+
+const pageSize = 4096
+
+func newMemory(buf []byte) *memory {
+	m := &memory{buf: buf, sums: make([]uint32, len(buf)/pageSize), table: crc32.MakeTable(crc32.Castagnoli)}
+	for i := range m.sums {
+		m.sums[i] = crc32.Checksum(m.page(i), m.table)
+	}
+	return m
+}
+
+func (m *memory) page(i int) []byte { return m.buf[i*pageSize : (i+1)*pageSize] }
+
+// keepWriting rewrites mibPerSec MiB of random pages every second, in
+// 10 ms batches, within the first hotMiB (0: anywhere): each rewrite
+// stamps a new generation into the page.
+func (m *memory) keepWriting(mibPerSec, hotMiB int) {
+	pages := len(m.sums)
+	if hotMiB > 0 {
+		pages = min(pages, hotMiB<<20/pageSize)
+	}
+	if pages == 0 {
+		return
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	perBatch := max(1, mibPerSec<<20/pageSize/100)
+	for range time.Tick(10 * time.Millisecond) {
+		m.mu.Lock()
+		for range perBatch {
+			m.gen++
+			i := rng.IntN(pages)
+			p := m.page(i)
+			for off := 0; off < pageSize; off += 512 {
+				binary.LittleEndian.PutUint64(p[off:], m.gen)
+			}
+			m.sums[i] = crc32.Checksum(p, m.table)
+		}
+		m.mu.Unlock()
+	}
+}
+
+// check recomputes every page: "sum OK <crc of the page sums>" or "sum BAD
+// <bad pages> of <pages>".
+func (m *memory) check() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	bad := 0
+	for i, want := range m.sums {
+		if crc32.Checksum(m.page(i), m.table) != want {
+			bad++
+		}
+	}
+	if bad > 0 {
+		return fmt.Sprintf("sum BAD %d of %d pages", bad, len(m.sums))
+	}
+	all := crc32.New(m.table)
+	binary.Write(all, binary.LittleEndian, m.sums)
+	return fmt.Sprintf("sum OK %08x", all.Sum32())
 }
 
 func serve(c net.Conn, answer func(string) string) {

@@ -95,6 +95,16 @@ type Container struct {
 	Ticks          atomic.Int64 // last "tick N" read from its stdout pipe
 }
 
+// StartTimeout bounds how long a workload may take to answer.
+// CKPT_START_TIMEOUT overrides it: under TCG (integration's
+// TestCRIUInGuest) filling 1 GiB takes minutes.
+var StartTimeout = func() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("CKPT_START_TIMEOUT")); err == nil {
+		return d
+	}
+	return 30 * time.Second
+}()
+
 // Checkpointable is the environment of a Go workload CRIU can dump: Go
 // >= 1.24 listens with MPTCP by default, and CRIU cannot dump MPTCP
 // sockets ("Unsupported proto 262").
@@ -102,9 +112,17 @@ var Checkpointable = []string{"GODEBUG=multipathtcp=0"}
 
 func StartContainer(t testing.TB, root string, env []string, memMiB int) *Container {
 	t.Helper()
+	return StartContainerArgs(t, root, env, memMiB)
+}
+
+// StartContainerArgs starts testload with more arguments, e.g. "-dirty",
+// "64" for a workload that keeps writing its memory.
+func StartContainerArgs(t testing.TB, root string, env []string, memMiB int, extra ...string) *Container {
+	t.Helper()
 	port := FreePort(t)
 	c := &Container{ID: fmt.Sprintf("ckpt-test-%d-%d", os.Getpid(), Seq.Add(1)), Root: root, Addr: fmt.Sprintf("127.0.0.1:%d", port)}
-	dir := Bundle(t, env, "/bin/testload", "-mem", strconv.Itoa(memMiB), "-listen", c.Addr)
+	args := append([]string{"/bin/testload", "-mem", strconv.Itoa(memMiB), "-listen", c.Addr}, extra...)
+	dir := Bundle(t, env, args...)
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -119,7 +137,7 @@ func StartContainer(t testing.TB, root string, env []string, memMiB int) *Contai
 	t.Cleanup(func() {
 		exec.Command(testenv.RequireTool(t, "runc"), "--root", root, "delete", "--force", c.ID).Run()
 	})
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(StartTimeout)
 	for time.Now().Before(deadline) {
 		if _, err := c.Ask("tick"); err == nil {
 			return c
