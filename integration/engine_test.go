@@ -278,13 +278,22 @@ func TestInterruptedSuspendRollsBack(t *testing.T) {
 	before := h.counters()
 	cmd, out := h.startSuspend()
 	cmd.Process.Signal(os.Interrupt)
+	h.rolledBack(cmd, out, before, "the interrupt", "context canceled")
+}
+
+// rolledBack waits for a suspend-all that something disturbed (what) and
+// checks it rolled back: it failed saying so and why (want), every
+// workload runs on, nothing is committed and no journal is left.
+func (h *host) rolledBack(cmd *exec.Cmd, out *bytes.Buffer, before map[string]int64, what, want string) {
+	t := h.t
+	t.Helper()
 	err := cmd.Wait()
-	t.Logf("ckpt suspend-all, interrupted:\n%s", out)
+	t.Logf("ckpt suspend-all, disturbed by %s:\n%s", what, out)
 	if err == nil {
-		t.Skipf("skipped: the suspend committed before the interrupt arrived")
+		t.Skipf("skipped: the suspend committed before %s", what)
 	}
-	if !strings.Contains(out.String(), "rolled back") || !strings.Contains(out.String(), "context canceled") {
-		t.Fatalf("suspend-all = %v; want a rollback after the interrupt", err)
+	if !strings.Contains(out.String(), "rolled back") || !strings.Contains(out.String(), want) {
+		t.Fatalf("suspend-all = %v; want a rollback after %s (%q)", err, what, want)
 	}
 	h.running(before)
 	h.notCommitted()
@@ -322,16 +331,7 @@ func TestRegionFullKeepsEverythingRunning(t *testing.T) {
 		_, err = f.Write(chunk)
 	}
 	f.Close()
-	err = cmd.Wait()
-	t.Logf("ckpt suspend-all, region filled:\n%s", out)
-	if err == nil {
-		t.Skipf("skipped: the dump finished before the region filled up")
-	}
-	if !strings.Contains(out.String(), "no space") || !strings.Contains(out.String(), "rolled back") {
-		t.Fatalf("suspend-all = %v; want a rollback for a full region", err)
-	}
-	h.running(before)
-	h.notCommitted()
+	h.rolledBack(cmd, out, before, "a full region", "no space")
 }
 
 // TestDemo runs the README's main command (the built binary, from the
