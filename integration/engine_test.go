@@ -154,7 +154,7 @@ func TestSuspendAllResumeAll(t *testing.T) {
 	h.container(workloads.Checkpointable)
 	h.container(workloads.Checkpointable)
 	h.vm()
-	out, err := h.run("plan")
+	out, err := h.run("plan", "--no-kexec")
 	if err != nil || !strings.Contains(out, "3 workloads") {
 		t.Fatalf("plan: %v", err)
 	}
