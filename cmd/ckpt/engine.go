@@ -138,9 +138,7 @@ func kernelTarget(version string) (kexec.Image, error) {
 		v := strings.TrimPrefix(filepath.Base(version), "vmlinuz-")
 		img = kexec.Image{Kernel: version, Initrd: filepath.Join(filepath.Dir(version), "initrd.img-"+v)}
 	}
-	if _, err := os.Stat(img.Kernel); err != nil {
-		return img, fmt.Errorf("target kernel: %w", err)
-	}
+	// Whether the kernel exists is the plan's check (checkpoint.NewPlan).
 	if _, err := os.Stat(img.Initrd); err != nil {
 		img.Initrd = ""
 	}
@@ -173,7 +171,7 @@ func (t *targetFlags) image() (*kexec.Image, error) {
 		return nil, nil
 	}
 	img, err := kernelTarget(t.kernel)
-	if err != nil && img.Kernel == "" {
+	if err != nil {
 		return nil, err
 	}
 	img.Cmdline = kexec.EditCmdline(img.Cmdline, t.set, t.drop)

@@ -8,8 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -39,9 +37,9 @@ func written(t testing.TB, c *workloads.Container) int64 {
 	if err != nil {
 		t.Fatalf("written: %v", err)
 	}
-	n, err := strconv.ParseInt(strings.Fields(a + " x")[1], 10, 64)
-	if err != nil {
-		t.Fatalf("written: %q", a)
+	var n int64
+	if _, err := fmt.Sscanf(a, "written %d pages", &n); err != nil {
+		t.Fatalf("written: %q: %v", a, err)
 	}
 	return n
 }
@@ -140,7 +138,9 @@ func benchPreDump(b *testing.B, mib, hot int) {
 			c := workloads.StartContainerArgs(b, root, workloads.Checkpointable, mib,
 				"-dirty", strconv.Itoa(dirtyMiBps()), "-hot", strconv.Itoa(hot))
 			w := hypervisors.Workload{ID: c.ID, Kind: "container", Backend: be.Name()}
-			r, drop := shmRegion(b)
+			// Dropped after each pass: a 1 GiB benchmark's regions would
+			// otherwise pile up in memory until it ends.
+			r, drop := testenv.TempRegion(b, "/dev/shm", memregion.KindDir, 0)
 			sink := hypervisors.RegionSink{Region: r, Prefix: w.ID}
 			b.StartTimer()
 			w0 := written(b, c)
@@ -181,26 +181,4 @@ func benchPreDump(b *testing.B, mib, hot int) {
 	b.ReportMetric(pages[1]/n, "frozen-pages-predump")
 	b.ReportMetric(pre.Seconds()/n*1e3, "predump-ms")
 	b.ReportMetric(rewrites/n*4096/(1<<20), "rewrite-MiB/s")
-}
-
-// shmRegion is a dir region on /dev/shm that drop removes at once (a
-// benchmark's regions would otherwise pile up in memory until it ends).
-func shmRegion(b *testing.B) (*memregion.Region, func()) {
-	b.Helper()
-	dir, err := os.MkdirTemp("/dev/shm", "ckpt-bench-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	p := filepath.Join(dir, "region")
-	if err := memregion.Format(p, memregion.FormatOptions{Kind: memregion.KindDir}); err != nil {
-		b.Fatal(err)
-	}
-	r, err := memregion.Open(p, memregion.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	var once sync.Once
-	drop := func() { once.Do(func() { r.Close(); os.RemoveAll(dir) }) }
-	b.Cleanup(drop)
-	return r, drop
 }

@@ -130,16 +130,22 @@ func MemcpyTime(n int64) time.Duration {
 // for raw regions. It is closed and removed at the end of the test.
 func Region(t testing.TB, base, kind string, size int64) *memregion.Region {
 	t.Helper()
-	dir := t.TempDir()
-	if base != "" {
-		d, err := os.MkdirTemp(base, "ckpt-region-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(d) })
-		dir = d
+	r, _ := TempRegion(t, base, kind, size)
+	return r
+}
+
+// TempRegion is Region with drop, which closes and removes it at once
+// (again at the end of the test is harmless).
+func TempRegion(t testing.TB, base, kind string, size int64) (*memregion.Region, func()) {
+	t.Helper()
+	d, err := os.MkdirTemp(base, "ckpt-region-")
+	if base == "" {
+		d, err = t.TempDir(), nil
 	}
-	path := filepath.Join(dir, "region")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(d, "region")
 	if err := memregion.Format(path, memregion.FormatOptions{Kind: kind, Size: size}); err != nil {
 		t.Fatal(err)
 	}
@@ -147,6 +153,8 @@ func Region(t testing.TB, base, kind string, size int64) *memregion.Region {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.Close() })
-	return r
+	var once sync.Once
+	drop := func() { once.Do(func() { r.Close(); os.RemoveAll(d) }) }
+	t.Cleanup(drop)
+	return r, drop
 }
