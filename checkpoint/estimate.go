@@ -76,7 +76,6 @@ func (p *Plan) checkKexec() {
 	}
 	if err := kexec.Check(); err != nil {
 		p.Problems = append(p.Problems, fmt.Sprintf("kexec: %v; %s", err, kexec.Fallback))
-		return
 	}
 	for _, f := range []string{img.Kernel, img.Initrd} {
 		if f == "" {
