@@ -90,3 +90,14 @@ type DirectSource interface {
 	ObjectSource
 	Dir(sub string) (string, error)
 }
+
+// BootPreparer is a backend that must act early in the boot of the new
+// kernel, before the network and the usual services start, for a workload
+// of the committed checkpoint: keep its TCP peers from being answered with
+// a reset, keep the PIDs its processes need free, hold back a service
+// manager that would start the workload afresh. It is called before the
+// region is verified, so it must only prepare, never restore, and be
+// harmless when repeated; Restore undoes what it set up.
+type BootPreparer interface {
+	PrepareBoot(ctx context.Context, w Workload, recipe json.RawMessage) error
+}

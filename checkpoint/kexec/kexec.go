@@ -10,7 +10,9 @@ package kexec
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 
@@ -115,6 +117,29 @@ func Exec() error {
 		return newError("exec", err)
 	}
 	return nil
+}
+
+// Boot hands the host over to the loaded kernel as its init system would.
+// Where systemd runs the host, "systemctl kexec" stops the services and
+// unmounts the filesystems first, and systemd-shutdown then kexecs into
+// the kernel loaded already (with kexec_file_load: systemd loads none of
+// its own when one is loaded). It returns once the shutdown is under way.
+// Elsewhere (an initramfs, a host without systemd) it is Exec. Shutdown
+// inhibitors are ignored: the workloads are committed and ended, and the
+// kexec is what brings them back.
+func Boot() error {
+	if ok, err := Loaded(); err == nil && !ok {
+		return &Error{Op: "exec", Errno: unix.ENOENT, Hint: "no kernel is loaded"}
+	}
+	if _, err := os.Stat("/run/systemd/system"); err == nil {
+		unix.Sync()
+		out, err := exec.Command("systemctl", "--ignore-inhibitors", "kexec").CombinedOutput()
+		if err == nil {
+			return nil
+		}
+		slog.Warn("systemctl kexec failed; kexec without a clean shutdown", "err", err, "output", strings.TrimSpace(string(out)))
+	}
+	return Exec()
 }
 
 // Fallback is what to do where kexec cannot be used: the same suspend,

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/ckpt-dev/ckpt/checkpoint"
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
@@ -255,7 +256,7 @@ kernel. Any failure before the commit point thaws every workload on this kernel.
 			if noKexec || loadOnly {
 				return nil
 			}
-			return kexec.Exec()
+			return kexec.Boot()
 		},
 	}
 	f.add(c.Flags())
@@ -324,15 +325,28 @@ func newPlanCommand(g *globals) *cobra.Command {
 func newResumeAllCommand(g *globals) *cobra.Command {
 	var f engineFlags
 	var order []string
-	var keep bool
+	var keep, early bool
 	c := &cobra.Command{
 		Use:   "resume-all",
 		Short: "Verify the region and resume every suspended workload, then release the region",
-		Args:  exactArgs(0),
+		Long: `resume-all verifies the region, restores every workload of its committed checkpoint
+in parallel (in waves with --order), and releases the region once every workload is back.
+A workload that fails keeps its images; run resume-all (or resume ID) again to retry.
+
+resume-all --early is the first step at boot (ckpt-resume-early.service, before the
+network and the usual services): it reads the manifest and has each backend prepare the
+boot for the restore, e.g. keep the TCP peers of suspended workloads from being reset and
+the pids of process trees free. It restores nothing. Without a committed checkpoint both
+do nothing.`,
+		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if early {
+				return runPrepare(cmd, g, &f)
+			}
 			return runResume(cmd, g, &f, f.only, order, keep)
 		},
 	}
+	c.Flags().BoolVar(&early, "early", false, "only prepare the boot for the restore (run before the network starts)")
 	f.add(c.Flags())
 	c.Flags().StringSliceVar(&order, "order", nil, "restore these first, in waves: backend/id, kind (vm, container) or backend")
 	c.Flags().BoolVar(&keep, "keep-region", false, "keep the checkpoint even when every workload is back")
@@ -362,12 +376,44 @@ type partialError struct{ err error }
 func (e partialError) Error() string { return e.err.Error() }
 func (e partialError) Unwrap() error { return e.err }
 
+// waitRegion gives a region device that its driver is still probing at
+// boot (nd_pmem after modprobe) a few seconds to appear.
+func waitRegion(ctx context.Context, path string) {
+	for i := 0; i < 100 && ctx.Err() == nil; i++ {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func runPrepare(cmd *cobra.Command, g *globals, f *engineFlags) error {
+	ctx, cancel, log, bs, err := f.start(cmd, g, true)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	waitRegion(ctx, f.region)
+	res, err := restore.Prepare(ctx, f.region, bs, log)
+	if res != nil {
+		g.print(cmd.OutOrStdout(), res, func(w io.Writer) {
+			if !res.Committed {
+				fmt.Fprintln(w, "no committed checkpoint: nothing to prepare")
+				return
+			}
+			fmt.Fprintf(w, "prepared the boot for %d workloads, %d failed\n", len(res.Prepared), len(res.Failed))
+		})
+	}
+	return err
+}
+
 func runResume(cmd *cobra.Command, g *globals, f *engineFlags, only, order []string, keep bool) error {
 	ctx, cancel, log, bs, err := f.start(cmd, g, true)
 	if err != nil {
 		return err
 	}
 	defer cancel()
+	waitRegion(ctx, f.region)
 	res, err := restore.ResumeAll(ctx, restore.Options{Region: f.region, Backends: bs, Concurrency: f.concurrency, Order: order,
 		Only: only, KeepRegion: keep, State: f.state, Journal: f.journal, Logger: log, Events: g.events(cmd.OutOrStdout(), log)})
 	if res != nil {

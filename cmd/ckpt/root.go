@@ -23,10 +23,14 @@ type globals struct {
 	term *termWriter // stderr when it is a terminal (progress bars)
 }
 
+// version is set at build time (hack/build-deb.sh: -ldflags -X main.version=...).
+var version = "devel"
+
 func newRootCommand() *cobra.Command {
 	g := &globals{}
 	root := &cobra.Command{
 		Use:           "ckpt",
+		Version:       version,
 		Short:         "Rebootless host updates: suspend every workload into memory, kexec, resume",
 		SilenceUsage:  true,
 		SilenceErrors: true,

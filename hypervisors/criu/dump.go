@@ -17,14 +17,17 @@ import (
 
 // recipe is what Restore needs, stored opaque in the manifest.
 type recipe struct {
-	Runtime string     `json:"runtime"` // "runc"
-	Root    string     `json:"root"`
-	ID      string     `json:"id"`
-	Bundle  string     `json:"bundle"`
-	Images  []string   `json:"images"`           // object names, relative to the workload
-	Parent  []string   `json:"parent,omitempty"` // pre-dump object names the images build on
-	TCP     bool       `json:"tcp_established,omitempty"`
-	Stats   *DumpStats `json:"stats,omitempty"`
+	Runtime string   `json:"runtime"` // "runc"
+	Root    string   `json:"root"`
+	ID      string   `json:"id"`
+	Bundle  string   `json:"bundle"`
+	Images  []string `json:"images"`           // object names, relative to the workload
+	Parent  []string `json:"parent,omitempty"` // pre-dump object names the images build on
+	TCP     bool     `json:"tcp_established,omitempty"`
+	// Locks are the connections in the host's network namespace: a new
+	// kernel must drop their packets until the restore (see PrepareBoot).
+	Locks []tcpConn  `json:"net_locks,omitempty"`
+	Stats *DumpStats `json:"stats,omitempty"`
 }
 
 // DumpStats are CRIU's own numbers for one dump.
@@ -75,7 +78,7 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
 	img, direct := imageDir(dst, imagePrefix, img)
 	args := []string{"checkpoint", "--image-path", img, "--work-path", work}
-	if conns > 0 {
+	if len(conns) > 0 {
 		args = append(args, "--tcp-established")
 	} else {
 		args = append(args, "--leave-running")
@@ -105,12 +108,12 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 		return nil, &CRIUError{Op: "dump", Workload: w.ID, Log: logTail(filepath.Join(work, "dump.log"), 15), Err: err}
 	}
 	criuTook := time.Since(start)
-	rec := recipe{Runtime: "runc", Root: r.cfg.RuncRoot, ID: w.ID, Bundle: st.Bundle, TCP: conns > 0}
-	if conns > 0 {
+	rec := recipe{Runtime: "runc", Root: r.cfg.RuncRoot, ID: w.ID, Bundle: st.Bundle, TCP: len(conns) > 0, Locks: hostConns(conns)}
+	if len(conns) > 0 {
 		// The container is gone; from here on its only copy is img.
 		keep = true
 		r.ended.put(w.ID, &ended{rec: rec, img: img, cleanup: append(cleanup, dir)})
-		r.log.Info("dumped with its TCP connections; the container ended with the dump", "workload", w.ID, "connections", conns)
+		r.log.Info("dumped with its TCP connections; the container ended with the dump", "workload", w.ID, "connections", len(conns))
 	}
 	rec.Stats = dumpStats(work) // runc has CRIU write stats-dump into the work dir
 	start = time.Now()
@@ -122,7 +125,7 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 		names, n, err = storeDir(ctx, img, dst)
 	}
 	if err != nil {
-		if direct && conns == 0 {
+		if direct && len(conns) == 0 {
 			os.RemoveAll(img)
 		}
 		return nil, fmt.Errorf("storing images of %s: %w", w.ID, err)
@@ -142,14 +145,14 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 }
 
 // connections counts the established TCP connections of w's processes.
-func (r *Runtime) connections(ctx context.Context, w hypervisors.Workload) (int, error) {
+func (r *Runtime) connections(ctx context.Context, w hypervisors.Workload) ([]tcpConn, error) {
 	cg, err := r.cgroup(ctx, w)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	pids, err := cg.Pids()
 	if err != nil {
-		return 0, fmt.Errorf("processes of %s: %w", w.ID, err)
+		return nil, fmt.Errorf("processes of %s: %w", w.ID, err)
 	}
 	return establishedTCP(pids)
 }

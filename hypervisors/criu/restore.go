@@ -15,7 +15,8 @@ import (
 
 // Restore recreates a container with runc restore --detach from the
 // images, so runc manages it again. Its stdout and stderr, pipes whose
-// readers did not survive, are connected to LogDir/<id>.log.
+// readers did not survive, are pipes again, read into LogDir/<id>.log by
+// a process of their own (see startLogShim).
 func (r *Runtime) Restore(ctx context.Context, w hypervisors.Workload, raw json.RawMessage, src hypervisors.ObjectSource) error {
 	if isTree(w) {
 		return r.restoreTree(ctx, w, raw, src)
@@ -49,7 +50,7 @@ func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec r
 		return err
 	}
 	defer os.RemoveAll(work)
-	logf, err := os.OpenFile(filepath.Join(r.cfg.LogDir, rec.ID+".log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	logf, err := startLogShim(ctx, "ckpt-log-"+rec.ID, filepath.Join(r.cfg.LogDir, rec.ID+".log"))
 	if err != nil {
 		return err
 	}
@@ -64,7 +65,7 @@ func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec r
 	if err := cmd.Run(); err != nil {
 		return &CRIUError{Op: "restore", Workload: w.ID, Log: logTail(filepath.Join(work, "restore.log"), 15), Err: err}
 	}
-	return nil
+	return lockConnections(ctx, rec.Locks, false)
 }
 
 // stageImages points *img at the images: in place where the source keeps

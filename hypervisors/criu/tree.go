@@ -35,13 +35,18 @@ func treePath(w hypervisors.Workload) string { return strings.TrimPrefix(w.ID, t
 
 // treeRecipe is the restore record of a process tree.
 type treeRecipe struct {
-	Cgroup string     `json:"cgroup"`
-	Root   int        `json:"root_pid"`
-	Images []string   `json:"images"`
-	TCP    bool       `json:"tcp_established,omitempty"`
-	Pipes  []string   `json:"pipes,omitempty"`     // stdio pipes ("pipe:[N]") to reconnect
-	Shell  bool       `json:"shell_job,omitempty"` // the session is outside the tree
-	Stats  *DumpStats `json:"stats,omitempty"`
+	Cgroup string    `json:"cgroup"`
+	Root   int       `json:"root_pid"`
+	Images []string  `json:"images"`
+	Pids   []int     `json:"pids,omitempty"` // every pid, which CRIU gives back
+	TCP    bool      `json:"tcp_established,omitempty"`
+	Locks  []tcpConn `json:"net_locks,omitempty"` // see recipe.Locks
+	// Unit is the systemd service whose cgroup this is: systemd starts it
+	// again at restore, so that it manages the tree (see unit.go).
+	Unit  string     `json:"systemd_unit,omitempty"`
+	Pipes []string   `json:"pipes,omitempty"`     // stdio pipes ("pipe:[N]") to reconnect
+	Shell bool       `json:"shell_job,omitempty"` // the session is outside the tree
+	Stats *DumpStats `json:"stats,omitempty"`
 }
 
 // discoverTrees lists the configured cgroups that hold processes.
@@ -174,7 +179,7 @@ func (r *Runtime) dumpTree(ctx context.Context, w hypervisors.Workload, dst hype
 	if err != nil {
 		return nil, err
 	}
-	rec := treeRecipe{Cgroup: treePath(w), Root: root, TCP: conns > 0}
+	rec := treeRecipe{Cgroup: treePath(w), Root: root, Pids: pids, TCP: len(conns) > 0, Locks: hostConns(conns), Unit: r.systemdUnit(ctx, treePath(w))}
 	if st, err := procStat(root); err == nil && st.sid != root {
 		rec.Shell = true
 	}
@@ -198,8 +203,8 @@ func (r *Runtime) dumpTree(ctx context.Context, w hypervisors.Workload, dst hype
 	img, direct := imageDir(dst, imagePrefix, img)
 	opts := &rpc.CriuOpts{
 		Pid:            proto.Int32(int32(root)),
-		LeaveRunning:   proto.Bool(conns == 0),
-		TcpEstablished: proto.Bool(conns > 0),
+		LeaveRunning:   proto.Bool(len(conns) == 0),
+		TcpEstablished: proto.Bool(len(conns) > 0),
 		ShellJob:       proto.Bool(rec.Shell),
 		FreezeCgroup:   proto.String(filepath.Dir(cg.freezeFile)),
 		ManageCgroups:  proto.Bool(true),
@@ -214,7 +219,7 @@ func (r *Runtime) dumpTree(ctx context.Context, w hypervisors.Workload, dst hype
 		return nil, criuErr("dump", w.ID, work, "dump.log", err)
 	}
 	criuTook := time.Since(start)
-	if conns > 0 {
+	if len(conns) > 0 {
 		keep = true
 		r.ended.put(w.ID, &ended{tree: &rec, img: img, cleanup: []string{dir}})
 	}
@@ -256,11 +261,22 @@ func (r *Runtime) restoreTree(ctx context.Context, w hypervisors.Workload, raw j
 }
 
 func (r *Runtime) restoreTreeFrom(ctx context.Context, w hypervisors.Workload, rec *treeRecipe, img string) error {
+	if err := pidsFree(rec.Pids); err != nil {
+		return fmt.Errorf("restore %s: %w", w.ID, err)
+	}
 	work, err := r.stage(strings.ReplaceAll(rec.Cgroup, "/", "_"), "restore-work")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)
+	if rec.Unit != "" {
+		if _, err := os.Stat(systemdRun); err == nil {
+			if err := r.restoreUnit(ctx, rec.Unit, work, treeCLIArgs(rec, img, work)); err != nil {
+				return &CRIUError{Op: "restore", Workload: w.ID, Log: logTail(filepath.Join(work, "restore.log"), 15), Err: err}
+			}
+			return lockConnections(ctx, rec.Locks, false)
+		}
+	}
 	opts := &rpc.CriuOpts{
 		TcpEstablished:    proto.Bool(rec.TCP),
 		ShellJob:          proto.Bool(rec.Shell),
@@ -270,10 +286,17 @@ func (r *Runtime) restoreTreeFrom(ctx context.Context, w hypervisors.Workload, r
 		LogFile:           proto.String("restore.log"),
 	}
 	if len(rec.Pipes) > 0 {
+		// The pipes' readers did not survive: a new reader appends what
+		// the tree writes to its log, as a service manager's would.
 		logPath := filepath.Join(r.cfg.LogDir, strings.ReplaceAll(strings.Trim(rec.Cgroup, "/"), "/", "_")+".log")
+		pw, err := startLogShim(ctx, "ckpt-log-"+strings.ReplaceAll(strings.Trim(rec.Cgroup, "/"), "/", "-"), logPath)
+		if err != nil {
+			return fmt.Errorf("restore %s: %w", w.ID, err)
+		}
+		defer pw.Close()
 		// CRIU takes inherited fds by number in its own table: a dup has
 		// no close-on-exec, so the criu swrk started next inherits it.
-		fd, err := syscall.Open(logPath, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_APPEND, 0o600)
+		fd, err := syscall.Dup(int(pw.Fd()))
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", w.ID, err)
 		}
@@ -287,7 +310,24 @@ func (r *Runtime) restoreTreeFrom(ctx context.Context, w hypervisors.Workload, r
 		return criuErr("restore", w.ID, work, "restore.log", err)
 	}
 	r.log.Debug("restored process tree", "workload", w.ID, "pid", int(pid.pid))
-	return nil
+	return lockConnections(ctx, rec.Locks, false)
+}
+
+// treeCLIArgs are criu restore's arguments for a tree (as restoreTreeFrom
+// gives them over RPC), for a restore that systemd runs. Stdio pipes go
+// to the unit's own stdout.
+func treeCLIArgs(rec *treeRecipe, img, work string) []string {
+	args := []string{"--images-dir", img, "--work-dir", work, "--manage-cgroups=soft", "-v4", "--log-file", "restore.log"}
+	if rec.TCP {
+		args = append(args, "--tcp-established")
+	}
+	if rec.Shell {
+		args = append(args, "--shell-job")
+	}
+	for _, p := range rec.Pipes {
+		args = append(args, "--inherit-fd", "fd[1]:"+p)
+	}
+	return args
 }
 
 // notifyPID records the restored root's pid.
@@ -364,6 +404,11 @@ func (r *Runtime) finishTree(ctx context.Context, w hypervisors.Workload) error 
 	pids, err := cg.Pids()
 	if err != nil {
 		return err
+	}
+	if unit := r.systemdUnit(ctx, treePath(w)); unit != "" {
+		if err := maskUnit(ctx, unit); err != nil {
+			return fmt.Errorf("finish %s: %w", w.ID, err)
+		}
 	}
 	for _, p := range pids {
 		syscall.Kill(p, syscall.SIGKILL)

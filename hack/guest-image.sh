@@ -1,0 +1,190 @@
+#!/bin/bash
+# guest-image.sh builds, once, a small Debian 12 (bookworm) system image that
+# the integration tests boot under QEMU as a "real host" with systemd:
+#
+#   $CACHE/guest/debian12.img   raw ext4 filesystem (no partition table), root=/dev/vda
+#   $CACHE/guest/boot/          the image's vmlinuz-* and initrd.img-* for -kernel/-initrd
+#   $CACHE/guest/VERSIONS       KERNEL_61=<uname -r>, KERNEL_612=<uname -r>
+#
+# The image holds both pinned Debian kernels (initrds made by initramfs-tools),
+# systemd + networkd, qemu-guest-agent, runc, iptables, QEMU 7.2 and the host's
+# CRIU prefix. It is rebuilt only when this script, the CRIU prefix's version
+# or the kernel pins change (see $OUT/stamp); otherwise it exits at once.
+# hack/guest-boot.sh boots it. Needs root (mmdebstrap --mode=root, chroot).
+set -euo pipefail
+
+SELF=$(readlink -f "$0")
+REPO=$(cd "$(dirname "$SELF")/.." && pwd)
+CACHE=${CKPT_CACHE:-$REPO/.cache}
+OUT=$CACHE/guest
+PREFIX=${CKPT_CRIU_PREFIX:-/opt/ckpt/criu}
+WRAPPER=/usr/local/sbin/criu
+MIRROR=http://deb.debian.org/debian
+SECURITY=http://deb.debian.org/debian-security
+SIZE=3G
+
+# The kernel pins are hack/setup.sh's (same CKPT_KERNEL_* overrides).
+setup_default() { sed -n "s/^$1=\${CKPT_$1:-\([^}]*\)}\$/\1/p" "$REPO/hack/setup.sh"; }
+KERNEL_61=${CKPT_KERNEL_61:-$(setup_default KERNEL_61)}
+KERNEL_612=${CKPT_KERNEL_612:-$(setup_default KERNEL_612)}
+
+# Packages installed by mmdebstrap itself; the kernels and kexec-tools follow
+# in the customize hook, once initramfs-tools is configured for them.
+PKGS=(systemd systemd-sysv udev dbus kmod initramfs-tools qemu-guest-agent
+	iptables runc procps iproute2 util-linux e2fsprogs qemu-system-x86
+	busybox tar gzip zstd ca-certificates)
+
+# Units useless in a throwaway test guest that cost boot time under TCG.
+MASK=(apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service
+	e2scrub_all.timer e2scrub_all.service e2scrub_reap.service fstrim.timer
+	man-db.timer systemd-timesyncd.service)
+
+log() { printf '[guest-image] %s\n' "$*" >&2; }
+
+# customize ROOT runs inside mmdebstrap's customize hook (chroot with /proc,
+# /sys and /dev mounted, apt lists still present).
+customize() {
+	local r=$1
+	export DEBIAN_FRONTEND=noninteractive
+
+	echo ckpt-guest >"$r/etc/hostname"
+	printf '127.0.0.1\tlocalhost\n127.0.1.1\tckpt-guest\n' >"$r/etc/hosts"
+	mkdir -p "$r/mnt/host"
+	cat >"$r/etc/fstab" <<-'EOF'
+		/dev/vda / ext4 rw,errors=remount-ro 0 1
+		hostshare /mnt/host 9p trans=virtio,version=9p2000.L,msize=262144,nofail,x-systemd.device-timeout=5s 0 0
+	EOF
+
+	# initramfs-tools: root on virtio, 9p early; e2fsck for the root (there is
+	# no /dev/vda in the chroot to probe); no resume device to wait for.
+	printf '%s\n' virtio_pci virtio_blk ext4 9p 9pnet_virtio >>"$r/etc/initramfs-tools/modules"
+	echo FSTYPE=ext4 >"$r/etc/initramfs-tools/conf.d/fstype"
+	echo RESUME=none >"$r/etc/initramfs-tools/conf.d/resume"
+
+	# kexec-tools must not turn reboots into kexecs (the tests kexec on purpose).
+	echo 'kexec-tools kexec-tools/load_kexec boolean false' | chroot "$r" debconf-set-selections
+	log "installing $KERNEL_61, $KERNEL_612 (bookworm-backports), kexec-tools"
+	chroot "$r" apt-get install -y -q "$KERNEL_61" "$KERNEL_612/bookworm-backports" kexec-tools
+
+	# CRIU: the host's private prefix and wrapper, at the same paths.
+	mkdir -p "$r$(dirname "$PREFIX")" "$r$(dirname "$WRAPPER")"
+	cp -a "$PREFIX" "$r$PREFIX"
+	cp -a "$WRAPPER" "$r$WRAPPER"
+
+	# Network: DHCP (IPv4 only) on whatever NIC QEMU gives us.
+	cat >"$r/etc/systemd/network/50-dhcp.network" <<-'EOF'
+		[Match]
+		Name=en* eth*
+
+		[Network]
+		DHCP=ipv4
+		LinkLocalAddressing=no
+		IPv6AcceptRA=no
+	EOF
+	echo 'nameserver 10.0.2.3' >"$r/etc/resolv.conf"
+	chroot "$r" systemctl enable -q systemd-networkd.service
+	# networkd-wait-online: one link is enough, and never wait long.
+	mkdir -p "$r/etc/systemd/system/systemd-networkd-wait-online.service.d"
+	cat >"$r/etc/systemd/system/systemd-networkd-wait-online.service.d/ckpt.conf" <<-'EOF'
+		[Service]
+		ExecStart=
+		ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=20
+	EOF
+	chroot "$r" systemctl mask -q "${MASK[@]}"
+
+	chroot "$r" passwd -q -d root
+	chroot "$r" apt-get clean
+}
+
+# rm_tree DIR removes DIR without ever descending into a mount point (a build
+# killed inside mmdebstrap may leave /proc, /sys or /dev mounted in it).
+rm_tree() {
+	[ -e "$1" ] || return 0
+	findmnt -rn -o TARGET | awk -v p="$1/" 'index($0, p) == 1' | sort -r |
+		while read -r m; do umount -l "$m" || true; done
+	rm -rf --one-file-system "$1"
+}
+
+if [ "${1:-}" = --customize ]; then # ROOT KERNEL_61 KERNEL_612 PREFIX
+	KERNEL_61=$3 KERNEL_612=$4 PREFIX=$5
+	customize "$2"
+	exit 0
+fi
+
+# --- up to date? (fast path: no root, no lock)
+want=$(
+	echo "script $(sha256sum "$SELF" | cut -d' ' -f1)"
+	echo "criu $("$WRAPPER" --version 2>/dev/null | head -1)"
+	echo "kernels $KERNEL_61 $KERNEL_612"
+)
+fresh() { [ -f "$OUT/debian12.img" ] && [ "$(cat "$OUT/stamp" 2>/dev/null)" = "$want" ]; }
+if fresh; then exit 0; fi
+
+[ "$(id -u)" = 0 ] || { echo "guest-image.sh must run as root" >&2; exit 1; }
+"$WRAPPER" --version >/dev/null || { echo "guest-image.sh: no CRIU at $WRAPPER; run hack/setup.sh" >&2; exit 1; }
+mkdir -p "$CACHE"
+exec 9>"$CACHE/guest.lock"
+flock 9 # one builder at a time; a waiter finds the image built
+if fresh; then exit 0; fi
+for d in "$CACHE"/guest.build.*; do rm_tree "$d"; done # leftovers of killed builds
+
+if ! command -v mmdebstrap >/dev/null; then
+	log "installing mmdebstrap"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
+fi
+
+start=$(date +%s)
+TMP=$(mktemp -d "$CACHE/guest.build.XXXXXX")
+trap 'rm_tree "$TMP"' EXIT
+ROOT=$TMP/root
+NEW=$TMP/out
+mkdir -p "$NEW/boot"
+
+log "mmdebstrap bookworm into $ROOT"
+# Documentation and translations are left out to keep the image small.
+mmdebstrap --mode=root --variant=apt \
+	--aptopt='APT::Install-Recommends "false"' \
+	--aptopt='Acquire::Languages "none"' \
+	--dpkgopt='path-exclude=/usr/share/man/*' \
+	--dpkgopt='path-exclude=/usr/share/info/*' \
+	--dpkgopt='path-exclude=/usr/share/locale/*' \
+	--dpkgopt='path-include=/usr/share/locale/locale.alias' \
+	--dpkgopt='path-exclude=/usr/share/doc/*' \
+	--dpkgopt='path-include=/usr/share/doc/*/copyright' \
+	--include="$(
+		IFS=,
+		echo "${PKGS[*]}"
+	)" \
+	--customize-hook="$(printf '%q ' "$SELF") --customize \"\$1\" $(printf '%q ' "$KERNEL_61" "$KERNEL_612" "$PREFIX")" \
+	bookworm "$ROOT" \
+	"deb $MIRROR bookworm main" \
+	"deb $MIRROR bookworm-updates main" \
+	"deb $SECURITY bookworm-security main" \
+	"deb $MIRROR bookworm-backports main"
+
+# mmdebstrap empties /etc/machine-id at the end. A fixed id keeps every boot of
+# the (overlaid, throwaway) image from being a systemd "first boot".
+echo 5a1c0d1e0c4b4e8f9a7d3c2b1a0f9e8d >"$ROOT/etc/machine-id"
+
+# Kernels and initrds for QEMU's direct boot, and their releases.
+rel61=${KERNEL_61#linux-image-}
+rel612=${KERNEL_612#linux-image-}
+for rel in "$rel61" "$rel612"; do
+	for f in vmlinuz initrd.img; do
+		[ -f "$ROOT/boot/$f-$rel" ] || { echo "guest-image.sh: no /boot/$f-$rel in the image" >&2; exit 1; }
+		cp "$ROOT/boot/$f-$rel" "$NEW/boot/"
+	done
+done
+printf 'KERNEL_61=%s\nKERNEL_612=%s\n' "$rel61" "$rel612" >"$NEW/VERSIONS"
+
+log "mkfs.ext4 -d ($SIZE, sparse)"
+mkfs.ext4 -q -F -L ckpt-root -d "$ROOT" "$NEW/debian12.img" "$SIZE"
+rm_tree "$ROOT"
+echo "$want" >"$NEW/stamp"
+
+# Swap the new image in; an interrupted build leaves the old one (or none).
+rm_tree "$OUT.old"
+if [ -e "$OUT" ]; then mv "$OUT" "$OUT.old"; fi
+mv "$NEW" "$OUT"
+rm_tree "$OUT.old"
+log "built $OUT/debian12.img ($(du -h "$OUT/debian12.img" | cut -f1) used) in $(($(date +%s) - start)) s"
