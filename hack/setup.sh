@@ -22,7 +22,7 @@ SID_PKGS=(criu libcompel1 libnet9 libnl-3-200)
 TRIXIE_PKGS=(libc6 libgnutls30t64 libnftables1 libprotobuf-c1 libbsd0 libuuid1
 	libnftnl11 libxtables12 libjansson4 libmnl0 libidn2-0 libunistring5
 	libtasn1-6 libnettle8t64 libhogweed6t64 libgmp10 libp11-kit0 libffi8 libmd0)
-HOST_PKGS=(iptables runc busybox-static qemu-system-x86 qemu-utils cpio xz-utils
+HOST_PKGS=(iptables runc busybox-static qemu-system-x86 qemu-utils cpio xz-utils binutils
 	gzip zstd procps iproute2 util-linux e2fsprogs ca-certificates)
 # QEMU 10 from bookworm-backports, unpacked beside bookworm's 7.2 (cpr-reboot,
 # mapped-ram and multifd need >= 9). Its libraries are bookworm's.

@@ -1,0 +1,54 @@
+# vmcounter: a tiny multiboot guest for QEMU's -kernel. It needs no kernel
+# boot: it prints "vm-count N" on COM1 once per second of the CMOS clock,
+# with N kept in guest RAM, so a migrated or restored VM shows whether its
+# state came back (N goes on) or not (N restarts at 1).
+	.code32
+	.section .text
+	.globl _start
+	.align 4
+mb:	.long 0x1BADB002		# multiboot magic
+	.long 0				# flags
+	.long -0x1BADB002		# checksum
+_start:
+	mov	$stack_top, %esp
+	mov	$0xff, %bl		# last RTC second seen
+1:	mov	$0, %al			# wait for the CMOS seconds to change
+	out	%al, $0x70
+	in	$0x71, %al
+	cmp	%al, %bl
+	je	1b
+	mov	%al, %bl
+	incl	count
+	mov	$msg, %esi
+2:	lodsb				# "vm-count "
+	test	%al, %al
+	jz	3f
+	call	putc
+	jmp	2b
+3:	mov	count, %eax		# decimal digits, pushed in reverse
+	mov	$10, %ecx
+	xor	%edi, %edi
+4:	xor	%edx, %edx
+	div	%ecx
+	push	%edx
+	inc	%edi
+	test	%eax, %eax
+	jnz	4b
+5:	pop	%eax
+	add	$'0', %al
+	call	putc
+	dec	%edi
+	jnz	5b
+	mov	$'\n', %al
+	call	putc
+	jmp	1b
+putc:	mov	$0x3f8, %dx
+	out	%al, %dx
+	ret
+	.section .data
+msg:	.asciz "vm-count "
+count:	.long 0
+	.section .bss
+	.align 16
+	.space 4096
+stack_top:

@@ -1,0 +1,412 @@
+package integration
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ckpt-dev/ckpt/internal/testenv"
+	"github.com/ckpt-dev/ckpt/internal/workloads"
+)
+
+// Ports the guest's workloads listen on (forwarded to the test host).
+const (
+	e2eCtrPort  = 7001 // the runc container (the TCP client's connection)
+	e2eTreePort = 7002 // the systemd service suspended as a process tree
+)
+
+// The operator's steps on the guest, as shell scripts in the share.
+const e2eInstall = `set -eu
+# Install ckpt from its Debian package; it enables the boot units.
+dpkg -i /mnt/host/ckpt_*.deb
+systemctl is-enabled ckpt-resume-early.service ckpt-resume.service
+sed -i 's|^#CKPT_REGION=.*|CKPT_REGION=/dev/pmem0|' /etc/default/ckpt
+ckpt region format /dev/pmem0
+`
+
+const e2eStart = `set -eu
+D=/var/lib/ckpt-e2e
+mkdir -p $D /etc/ckpt/ckpt.toml.d /run/ckpt/qmp
+rm -rf $D/bundle && cp -a /mnt/host/bundle $D/
+install -m 755 /mnt/host/testload /usr/local/bin/ckpt-e2e-testload
+install -m 644 /mnt/host/vmcounter.elf $D/vmcounter.elf
+cat >/etc/systemd/system/ckpt-e2e-tree.service <<'EOF'
+[Unit]
+Description=ckpt e2e: a service that ckpt suspends as a process tree
+[Service]
+Environment=GODEBUG=multipathtcp=0
+ExecStart=/usr/local/bin/ckpt-e2e-testload -mem 32 -tick 1s -listen 0.0.0.0:7002
+StandardOutput=append:/var/log/ckpt-e2e-tree.log
+StandardError=inherit
+[Install]
+WantedBy=multi-user.target
+EOF
+cat >/etc/ckpt/ckpt.toml.d/50-e2e.toml <<'EOF'
+[criu]
+process_trees = ["/system.slice/ckpt-e2e-tree.service"]
+EOF
+systemctl daemon-reload
+systemctl enable --now ckpt-e2e-tree.service
+# The container's stdio is a pipe whose reader (cat) outlives runc, as a
+# shim's would.
+systemd-run --unit=ckpt-e2e-ctr-log --collect sh -c \
+  'runc run -d --bundle /var/lib/ckpt-e2e/bundle e2e-ctr </dev/null 2>&1 | cat >>/var/log/ckpt-e2e-ctr.log'
+# A tiny VM that counts on its serial port, with its QMP socket where ckpt
+# looks for VMs.
+systemd-run --unit=ckpt-e2e-vm --collect qemu-system-x86_64 -machine pc -m 16 -display none -nic none \
+  -monitor none -kernel $D/vmcounter.elf \
+  -chardev file,id=ser,path=/var/log/ckpt-e2e-vm.serial,append=on -serial chardev:ser \
+  -qmp unix:/run/ckpt/qmp/e2e-vm.qmp,server=on,wait=off
+for i in $(seq 100); do [ -S /run/ckpt/qmp/e2e-vm.qmp ] && runc list | grep -q 'e2e-ctr .*running' && exit 0; sleep 0.2; done
+echo "workloads did not start" >&2; runc list >&2; exit 1
+`
+
+// stageE2E puts what the guest needs into its share: the ckpt package,
+// the container's bundle, testload, and the VM's counting program.
+func stageE2E(t *testing.T, g *sysGuest) {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(testenv.RepoRoot(), "hack", "build-deb.sh"), g.Share).CombinedOutput()
+	if err != nil {
+		t.Fatalf("hack/build-deb.sh: %v\n%s", err, out)
+	}
+	bundle := workloads.Bundle(t, workloads.Checkpointable, "/bin/testload", "-mem", "256", "-listen", fmt.Sprintf("0.0.0.0:%d", e2eCtrPort))
+	if out, err := exec.Command("cp", "-a", bundle, filepath.Join(g.Share, "bundle")).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	tl, _ := os.ReadFile(testenv.StaticBinary(t, "./internal/testload"))
+	os.WriteFile(filepath.Join(g.Share, "testload"), tl, 0o755)
+	as, ld := requireTool(t, "as"), requireTool(t, "ld")
+	obj := filepath.Join(t.TempDir(), "vmcounter.o")
+	for _, c := range [][]string{
+		{as, "--32", "-o", obj, filepath.Join("testdata", "vmcounter.S")},
+		{ld, "-m", "elf_i386", "-Ttext", "0x100000", "-o", filepath.Join(g.Share, "vmcounter.elf"), obj},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", c[0], err, out)
+		}
+	}
+	for name, body := range map[string]string{"e2e-install.sh": e2eInstall, "e2e-start.sh": e2eStart} {
+		if err := os.WriteFile(filepath.Join(g.Share, name), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// lineClient keeps one TCP connection to testload and asks it "tick"
+// every half second, as a client of the service would keep talking. It
+// records every answer's time, and the first error (a reset, an EOF).
+type lineClient struct {
+	mu   sync.Mutex // one request at a time
+	conn net.Conn
+	rd   *bufio.Reader
+
+	smu     sync.Mutex
+	answers []tickAt
+	err     error
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+type tickAt struct {
+	at   time.Time
+	tick int64
+}
+
+func dialLineClient(t *testing.T, addr string, timeout time.Duration) *lineClient {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err == nil {
+			lc := &lineClient{conn: c, rd: bufio.NewReader(c), stop: make(chan struct{}), done: make(chan struct{})}
+			if _, err := lc.Ask("tick"); err == nil {
+				go lc.loop()
+				t.Cleanup(lc.Close)
+				return lc
+			}
+			c.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no answer on %s within %s: %v", addr, timeout, err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// Ask sends one line and reads the answer (waiting out a blackout).
+func (c *lineClient) Ask(cmd string) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.conn.SetDeadline(time.Now().Add(15 * time.Minute))
+	if _, err := fmt.Fprintf(c.conn, "%s\n", cmd); err != nil {
+		return "", err
+	}
+	l, err := c.rd.ReadString('\n')
+	return strings.TrimSpace(l), err
+}
+
+func (c *lineClient) loop() {
+	defer close(c.done)
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+		a, err := c.Ask("tick")
+		c.smu.Lock()
+		if err != nil {
+			c.err = err
+			c.smu.Unlock()
+			return
+		}
+		if n, ok := workloads.ParseTick(a); ok {
+			c.answers = append(c.answers, tickAt{time.Now(), n})
+		}
+		c.smu.Unlock()
+	}
+}
+
+// Err is the connection's first error, if any.
+func (c *lineClient) Err() error { c.smu.Lock(); defer c.smu.Unlock(); return c.err }
+
+// Last is the last answer before t (or the last of all, for a zero t).
+func (c *lineClient) Last() tickAt {
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	if len(c.answers) == 0 {
+		return tickAt{}
+	}
+	return c.answers[len(c.answers)-1]
+}
+
+// Gap is the longest pause between two answers after since: the blackout
+// as the client saw it, and the answers on either side of it.
+func (c *lineClient) Gap(since time.Time) (time.Duration, tickAt, tickAt) {
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	var best time.Duration
+	var before, after tickAt
+	for i := 1; i < len(c.answers); i++ {
+		if c.answers[i].at.Before(since) {
+			continue
+		}
+		if d := c.answers[i].at.Sub(c.answers[i-1].at); d > best {
+			best, before, after = d, c.answers[i-1], c.answers[i]
+		}
+	}
+	return best, before, after
+}
+
+func (c *lineClient) Close() {
+	select {
+	case <-c.stop:
+	default:
+		close(c.stop)
+	}
+	c.conn.Close()
+	<-c.done
+}
+
+// askOnce opens a connection, asks one line and closes it.
+func askOnce(addr, cmd string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	if _, err := fmt.Fprintf(c, "%s\n", cmd); err != nil {
+		return "", err
+	}
+	l, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(l), err
+}
+
+// e2eState is what the checks compare across an update.
+type e2eState struct {
+	boot, kernel string
+	ctrTick      int64
+	treeTick     int64
+	treePid      string
+	vmCount      int64
+}
+
+func (s *e2eSuite) state() e2eState {
+	t, g := s.t, s.g
+	t.Helper()
+	out := g.MustSh(time.Minute, `cat /proc/sys/kernel/random/boot_id; uname -r; systemctl show -p MainPID --value ckpt-e2e-tree.service; cat /var/log/ckpt-e2e-vm.serial`)
+	lines := strings.SplitN(out, "\n", 4)
+	st := e2eState{boot: lines[0], kernel: lines[1], treePid: lines[2], ctrTick: s.client.Last().tick}
+	st.vmCount, _ = lastInt(lines[3], "vm-count ")
+	if a, err := askOnce(s.treeAddr, "tick"); err == nil {
+		st.treeTick, _ = workloads.ParseTick(a)
+	}
+	return st
+}
+
+type e2eSuite struct {
+	t        *testing.T
+	g        *sysGuest
+	client   *lineClient
+	treeAddr string
+	table    []string
+}
+
+// TestKernelUpdate is the product's promise, end to end, on a real Debian
+// 12 host with systemd in a QEMU guest: a runc container (256 MiB of
+// checksummed memory, a counter, a child, and an established connection
+// to a client on the test host that keeps talking), a systemd service
+// suspended as a process tree, and a VM, all suspended by ckpt
+// suspend-all into /dev/pmem0, a real kexec into bookworm-backports' 6.12,
+// and resumed by ckpt-resume.service in the new boot; then a second
+// update into the same kernel, as the next month's would be.
+func TestKernelUpdate(t *testing.T) {
+	_, v := guestImage(t)
+	g := bootSysGuest(t, v.K61, e2eCtrPort, e2eTreePort)
+	stageE2E(t, g)
+	g.MustSh(5*time.Minute, "sh -x /mnt/host/e2e-install.sh")
+	g.MustSh(5*time.Minute, "sh /mnt/host/e2e-start.sh")
+	s := &e2eSuite{t: t, g: g, treeAddr: fmt.Sprintf("127.0.0.1:%d", g.Fwd[e2eTreePort])}
+	// Filling 256 MiB under TCG takes a while.
+	s.client = dialLineClient(t, fmt.Sprintf("127.0.0.1:%d", g.Fwd[e2eCtrPort]), 5*time.Minute)
+	if a, err := s.client.Ask("sum"); err != nil || !strings.HasPrefix(a, "sum OK") {
+		t.Fatalf("container before the update: %q, %v", a, err)
+	}
+	s.update(v.K612, "6.1 → 6.12")
+	s.update(v.K612, "6.12 → 6.12 (again, same kernel)")
+
+	// runc still manages the container: kill ends it.
+	g.MustSh(time.Minute, "runc kill e2e-ctr KILL; for i in $(seq 50); do runc list | grep -q 'e2e-ctr .*stopped' && exit 0; sleep 0.2; done; runc list; exit 1")
+	t.Logf("a kernel update with ckpt (the client's blackout and its parts):\n%s", strings.Join(s.table, "\n"))
+}
+
+var (
+	reFrozen = regexp.MustCompile(`(?m)^\s+(\S+)\s+.*frozen ([0-9.]+)s\s+dump ([0-9.]+)s`)
+	reResume = regexp.MustCompile(`resumed (\d+), failed (\d+), already resumed \d+ in ([0-9.]+)s`)
+)
+
+// update runs one kernel update into kernel and checks every workload.
+func (s *e2eSuite) update(kernel, name string) {
+	t, g := s.t, s.g
+	t.Helper()
+	t.Logf("== update %s", name)
+	before := s.state()
+	plan := g.MustSh(5*time.Minute, "ckpt plan --region /dev/pmem0 --kernel "+kernel)
+	t.Logf("ckpt plan:\n%s", plan)
+	for _, w := range []string{"criu/e2e-ctr", "criu/cgroup:/system.slice/ckpt-e2e-tree.service", "qemu/"} {
+		if !strings.Contains(plan, w) {
+			t.Fatalf("plan does not list %s", w)
+		}
+	}
+	start := time.Now()
+	g.Start("ckpt suspend-all --region /dev/pmem0 --kernel " + kernel + " >/var/log/ckpt-e2e-suspend.log 2>&1; echo exit $? >>/var/log/ckpt-e2e-suspend.log")
+	boot := g.WaitBoot(before.boot, 10*time.Minute)
+	up := time.Since(start)
+	// ckpt-resume.service runs resume-all; wait for it to end.
+	var unit string
+	for deadline := time.Now().Add(10 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+		unit = g.MustSh(time.Minute, "systemctl show -p ActiveState,SubState,Result ckpt-resume.service ckpt-resume-early.service")
+		if strings.Contains(unit, "ActiveState=failed") || strings.Count(unit, "SubState=exited") == 2 {
+			break
+		}
+	}
+	resumed := time.Since(start)
+	journal := g.Sh(time.Minute, "cat /var/log/ckpt-e2e-suspend.log; journalctl -b -o cat -u ckpt-resume-early.service -u ckpt-resume.service").Stdout
+	t.Logf("suspend and resume:\n%s", journal)
+	if strings.Contains(unit, "ActiveState=failed") || !strings.Contains(unit, "Result=success") {
+		t.Fatalf("resume at boot: %s", unit)
+	}
+	after := s.state()
+
+	// The new kernel, a new boot.
+	if after.kernel != kernel || after.boot == before.boot || boot != after.boot {
+		t.Fatalf("after the update: kernel %s (want %s), boot %s (before %s)", after.kernel, kernel, after.boot, before.boot)
+	}
+	// The container: the same connection answers, its counter went on,
+	// its memory and its child are intact, runc manages it.
+	if err := s.client.Err(); err != nil {
+		t.Fatalf("the client's connection broke: %v", err)
+	}
+	for cmd, want := range map[string]string{"sum": "sum OK", "child": "alive"} {
+		if a, err := s.client.Ask(cmd); err != nil || !strings.Contains(a, want) {
+			t.Fatalf("container after the update: %s → %q, %v", cmd, a, err)
+		}
+	}
+	gap, last, first := s.client.Gap(start.Add(-time.Minute))
+	if first.tick < last.tick || last.tick < before.ctrTick {
+		t.Fatalf("container counter: %d before the blackout, %d after (a restart starts again near 0)", last.tick, first.tick)
+	}
+	g.MustSh(time.Minute, "runc list | grep 'e2e-ctr .*running'")
+	// The service: systemd knows the restored tree as the running service.
+	if a, err := askOnce(s.treeAddr, "sum"); err != nil || !strings.HasPrefix(a, "sum OK") {
+		t.Fatalf("service after the update: sum → %q, %v", a, err)
+	}
+	if a, err := askOnce(s.treeAddr, "child"); err != nil || !strings.Contains(a, "alive") {
+		t.Fatalf("service after the update: child → %q, %v", a, err)
+	}
+	if after.treeTick < before.treeTick || after.treePid != before.treePid {
+		t.Fatalf("service: tick %d → %d, MainPID %s → %s", before.treeTick, after.treeTick, before.treePid, after.treePid)
+	}
+	g.MustSh(time.Minute, "systemctl is-active ckpt-e2e-tree.service")
+	// The VM: its counter goes on, one step at a time, never from 1 again.
+	serial := g.MustSh(time.Minute, "cat /var/log/ckpt-e2e-vm.serial")
+	if err := countsOnByOne(serial, "vm-count "); err != nil || after.vmCount <= before.vmCount {
+		t.Fatalf("VM counter: %v (%d before, %d after)", err, before.vmCount, after.vmCount)
+	}
+	// The region is released, the network lock is gone.
+	if st := g.MustSh(time.Minute, "ckpt status --region /dev/pmem0 --json"); !strings.Contains(st, `"committed": false`) {
+		t.Fatalf("region not released:\n%s", st)
+	}
+	if n := strings.TrimSpace(g.Sh(time.Minute, "iptables -S | grep -ci 0xc114").Stdout); n != "0" {
+		t.Fatalf("%s network lock rules left:\n%s", n, g.Sh(time.Minute, "iptables -S").Stdout)
+	}
+
+	// What the blackout was made of.
+	var dump float64
+	for _, m := range reFrozen.FindAllStringSubmatch(journal, -1) {
+		d, _ := strconv.ParseFloat(m[3], 64)
+		dump = max(dump, d)
+	}
+	var restore float64
+	if m := reResume.FindStringSubmatch(journal); m != nil {
+		restore, _ = strconv.ParseFloat(m[3], 64)
+	}
+	s.table = append(s.table, fmt.Sprintf("| %s | %.1f s | %.1f s | %.1f s | %.1f s | %.1f s |", name,
+		gap.Seconds(), dump, up.Seconds(), resumed.Seconds()-up.Seconds(), restore))
+	t.Logf("update %s: client blackout %.1fs (tick %d → %d); dump %.1fs; suspend-all start → agent up %.1fs; → resume done %.1fs; resume-all %.1fs",
+		name, gap.Seconds(), last.tick, first.tick, dump, up.Seconds(), resumed.Seconds(), restore)
+}
+
+// countsOnByOne checks that every "prefix N" line of s is one more than
+// the one before.
+func countsOnByOne(s, prefix string) error {
+	var prev int64 = -1
+	for _, l := range strings.Split(s, "\n") {
+		v, ok := strings.CutPrefix(strings.TrimSpace(l), prefix)
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			continue
+		}
+		if prev >= 0 && n != prev+1 {
+			return fmt.Errorf("%s%d follows %s%d", prefix, n, prefix, prev)
+		}
+		prev = n
+	}
+	if prev < 0 {
+		return fmt.Errorf("no %q lines", prefix)
+	}
+	return nil
+}
