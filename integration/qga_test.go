@@ -40,10 +40,10 @@ func (q qga) call(ctx context.Context, cmd string, args, out any) error {
 	}
 	rd := bufio.NewReader(c)
 	id := rand.Int64N(1 << 40)
-	// 0xFF makes the agent drop a half-read request; its answer to the
-	// sync starts with 0xFF too, which marks where to start reading.
+	// The answer to the sync starts with 0xFF, which marks where to
+	// start reading.
 	sync, _ := json.Marshal(map[string]any{"execute": "guest-sync-delimited", "arguments": map[string]any{"id": id}})
-	if _, err := c.Write(append([]byte{0xff}, append(sync, '\n')...)); err != nil {
+	if _, err := c.Write(append(sync, '\n')); err != nil {
 		return err
 	}
 	for {
@@ -111,7 +111,7 @@ func (q qga) exec(ctx context.Context, script string) (execResult, error) {
 // start runs a shell command in the guest without waiting.
 func (q qga) start(ctx context.Context, script string) (int, error) {
 	var r struct{ PID int }
-	err := q.call(ctx, "guest-exec", map[string]any{"path": "/bin/sh", "arguments": []string{"-c", script}, "capture-output": true}, &r)
+	err := q.call(ctx, "guest-exec", map[string]any{"path": "/bin/sh", "arg": []string{"-c", script}, "capture-output": true}, &r)
 	return r.PID, err
 }
 

@@ -43,7 +43,7 @@ cat >/etc/systemd/system/ckpt-e2e-tree.service <<'EOF'
 [Unit]
 Description=ckpt e2e: a service that ckpt suspends as a process tree
 [Service]
-Environment=GODEBUG=multipathtcp=0
+Environment=GODEBUG=multipathtcp=0,containermaxprocs=0
 ExecStart=/usr/local/bin/ckpt-e2e-testload -mem 32 -tick 1s -listen 0.0.0.0:7002
 StandardOutput=append:/var/log/ckpt-e2e-tree.log
 StandardError=inherit

@@ -74,11 +74,12 @@ func (r *Runtime) PreDump(ctx context.Context, w hypervisors.Workload, dst hyper
 	start := time.Now()
 	_, err = r.runc(ctx, "checkpoint", "--pre-dump", "--image-path", img, "--work-path", work, w.ID)
 	if err != nil {
+		cerr := &CRIUError{Op: "pre-dump", Workload: w.ID, Log: logTail(filepath.Join(work, "dump.log"), 15), Err: err}
 		os.RemoveAll(dir)
 		if direct {
 			os.RemoveAll(img)
 		}
-		return &CRIUError{Op: "pre-dump", Workload: w.ID, Log: logTail(filepath.Join(work, "dump.log"), 15), Err: err}
+		return cerr
 	}
 	pd := &predump{dir: img}
 	if direct {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 
@@ -154,6 +155,13 @@ func (r *Runtime) Preflight(ctx context.Context, w hypervisors.Workload) error {
 	if st.Bundle == "" {
 		return fmt.Errorf("%w: %s: runc reports no bundle", hypervisors.ErrNotCheckpointable, w.ID)
 	}
+	if cg, err := cgroupOfPID(st.Pid); err == nil {
+		if pids, err := cg.Pids(); err == nil {
+			if err := cgroupFiles(w.ID, pids); err != nil {
+				return err
+			}
+		}
+	}
 	for fd := 0; fd <= 2; fd++ {
 		target, err := readlink(fmt.Sprintf("/proc/%d/fd/%d", st.Pid, fd))
 		if err != nil {
@@ -162,6 +170,27 @@ func (r *Runtime) Preflight(ctx context.Context, w hypervisors.Workload) error {
 		if strings.HasPrefix(target, "/") && !strings.HasPrefix(target, "/dev/") {
 			return fmt.Errorf("%w: %s: fd %d is the host file %s, which CRIU cannot restore; give the container pipes or a terminal",
 				hypervisors.ErrNotCheckpointable, w.ID, fd, target)
+		}
+	}
+	return nil
+}
+
+// cgroupFiles refuses processes holding cgroupfs files open, which CRIU
+// cannot dump ("Can't create link remap for /sys/fs/cgroup/.../cpu.max"):
+// Go >= 1.25 keeps cpu.max open for container-aware GOMAXPROCS.
+func cgroupFiles(id string, pids []int) error {
+	for _, pid := range pids {
+		fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			l, err := readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+			if err == nil && strings.HasPrefix(l, cgroupRoot+"/") {
+				return fmt.Errorf("%w: %s: fd %s of pid %d is the cgroup file %s, which CRIU cannot dump; "+
+					"a Go >= 1.25 program keeps cpu.max open unless run with GODEBUG=containermaxprocs=0",
+					hypervisors.ErrNotCheckpointable, id, fd.Name(), pid, l)
+			}
 		}
 	}
 	return nil

@@ -25,10 +25,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 
 	gocriu "github.com/checkpoint-restore/go-criu/v7"
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -76,6 +78,7 @@ type Runtime struct {
 	memTrack    bool     // CRIU can track dirty memory (pre-dump works)
 	pre         predumps // pre-dumps the next Dump builds on, by workload
 	ended       endedSet // containers their Dump ended (TCP connections)
+	stagingOnce sync.Once
 }
 
 var (
@@ -161,5 +164,29 @@ func (r *Runtime) stage(id, what string) (string, error) {
 	if err := os.MkdirAll(r.cfg.WorkDir, 0o700); err != nil {
 		return "", err
 	}
+	r.stagingOnce.Do(func() { r.mountStaging() })
 	return os.MkdirTemp(r.cfg.WorkDir, filepath.Base(id)+"-"+what+"-")
+}
+
+// mountStaging gives the staging directory a tmpfs of its own when it is
+// on the host's /run, whose tmpfs is capped at a tenth of RAM: images
+// staged for a raw region are as large as the workload's memory (a 256
+// MiB container failed its dump with ENOSPC in a 3 GiB host). The mount
+// costs nothing until written; it is gone with the boot.
+func (r *Runtime) mountStaging() {
+	var st, parent unix.Stat_t
+	var fs unix.Statfs_t
+	if unix.Stat(r.cfg.WorkDir, &st) != nil || unix.Stat(filepath.Dir(r.cfg.WorkDir), &parent) != nil ||
+		unix.Statfs(r.cfg.WorkDir, &fs) != nil {
+		return
+	}
+	if st.Dev != parent.Dev || fs.Type != unix.TMPFS_MAGIC {
+		return // a mount of its own already, or on disk
+	}
+	if ents, err := os.ReadDir(r.cfg.WorkDir); err != nil || len(ents) > 0 {
+		return // never hide images staged before
+	}
+	if err := unix.Mount("ckpt-staging", r.cfg.WorkDir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700,size=100%"); err != nil {
+		r.log.Warn("staging stays on the shared tmpfs", "dir", r.cfg.WorkDir, "err", err)
+	}
 }

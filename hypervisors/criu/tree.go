@@ -153,8 +153,11 @@ func (r *Runtime) treeRoot(w hypervisors.Workload) (*cgroup, []int, int, error) 
 
 // preflightTree: one tree, and stdio CRIU can restore.
 func (r *Runtime) preflightTree(w hypervisors.Workload) error {
-	_, _, root, err := r.treeRoot(w)
+	_, pids, root, err := r.treeRoot(w)
 	if err != nil {
+		return err
+	}
+	if err := cgroupFiles(w.ID, pids); err != nil {
 		return err
 	}
 	for fd := 0; fd <= 2; fd++ {

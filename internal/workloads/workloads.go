@@ -107,8 +107,10 @@ var StartTimeout = func() time.Duration {
 
 // Checkpointable is the environment of a Go workload CRIU can dump: Go
 // >= 1.24 listens with MPTCP by default, and CRIU cannot dump MPTCP
-// sockets ("Unsupported proto 262").
-var Checkpointable = []string{"GODEBUG=multipathtcp=0"}
+// sockets ("Unsupported proto 262"); Go >= 1.25 keeps its cgroup's
+// cpu.max open in a container with a CPU controller (container-aware
+// GOMAXPROCS), which CRIU cannot dump either.
+var Checkpointable = []string{"GODEBUG=multipathtcp=0,containermaxprocs=0"}
 
 func StartContainer(t testing.TB, root string, env []string, memMiB int) *Container {
 	t.Helper()
