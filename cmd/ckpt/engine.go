@@ -325,7 +325,7 @@ func newPlanCommand(g *globals) *cobra.Command {
 func newResumeAllCommand(g *globals) *cobra.Command {
 	var f engineFlags
 	var order []string
-	var keep, early bool
+	var keep, early, ifCommitted bool
 	c := &cobra.Command{
 		Use:   "resume-all",
 		Short: "Verify the region and resume every suspended workload, then release the region",
@@ -343,9 +343,16 @@ do nothing.`,
 			if early {
 				return runPrepare(cmd, g, &f)
 			}
+			if ifCommitted {
+				if committed, err := regionCommitted(f.region); err == nil && !committed {
+					fmt.Fprintln(cmd.OutOrStdout(), "no committed checkpoint: nothing to resume")
+					return nil
+				}
+			}
 			return runResume(cmd, g, &f, f.only, order, keep)
 		},
 	}
+	c.Flags().BoolVar(&ifCommitted, "if-committed", false, "do nothing, successfully, when the region holds no committed checkpoint (a normal boot)")
 	c.Flags().BoolVar(&early, "early", false, "only prepare the boot for the restore (run before the network starts)")
 	f.add(c.Flags())
 	c.Flags().StringSliceVar(&order, "order", nil, "restore these first, in waves: backend/id, kind (vm, container) or backend")
@@ -375,6 +382,17 @@ type partialError struct{ err error }
 
 func (e partialError) Error() string { return e.err.Error() }
 func (e partialError) Unwrap() error { return e.err }
+
+// regionCommitted reports whether the region holds a committed checkpoint.
+func regionCommitted(path string) (bool, error) {
+	waitRegion(context.Background(), path)
+	r, err := memregion.Open(path, memregion.Options{})
+	if err != nil {
+		return false, err
+	}
+	defer r.Close()
+	return r.Sealed()
+}
 
 // waitRegion gives a region device that its driver is still probing at
 // boot (nd_pmem after modprobe) a few seconds to appear.
