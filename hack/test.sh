@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 export PATH=/usr/local/sbin:/usr/local/go/bin:$PATH
 
 ./hack/setup.sh
+# The Debian 12 system image the end-to-end update tests boot (built once,
+# cached under .cache/guest).
+./hack/guest-image.sh
 
 echo "== gofmt"
 bad=$(gofmt -l $(git ls-files '*.go'))

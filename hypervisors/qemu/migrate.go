@@ -312,6 +312,11 @@ func (b *Backend) relaunch(rec recipe) (*exec.Cmd, error) {
 	if st, err := os.Stat(rec.Socket); err == nil && st.Mode()&os.ModeSocket != 0 {
 		os.Remove(rec.Socket) // stale: its QEMU has quit
 	}
+	// After a kexec or a reboot /run is new: the socket's directory (the
+	// default socket dir is /run/ckpt/qmp) must be made again.
+	if err := os.MkdirAll(filepath.Dir(rec.Socket), 0o700); err != nil {
+		return nil, err
+	}
 	logf, err := os.OpenFile(filepath.Join(b.cfg.LogDir, filepath.Base(rec.ID)+".log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
