@@ -72,6 +72,20 @@ type WorkloadResult struct {
 type state struct {
 	Checkpoint string   `json:"checkpoint"` // region id + creation time
 	Restored   []string `json:"restored"`
+	// Failed says why each workload that is not back failed last time.
+	Failed map[string]string `json:"failed,omitempty"`
+}
+
+// State is what ckpt status shows of a resume in progress.
+type State = state
+
+// ReadState reads the record of a resume (nil where there is none).
+func ReadState(path string) *State {
+	st := readState(path)
+	if st.Checkpoint == "" {
+		return nil
+	}
+	return &st
 }
 
 // ResumeAll restores every workload of the committed checkpoint in the
@@ -161,12 +175,20 @@ func ResumeAll(ctx context.Context, opts Options) (*Result, error) {
 		if err != nil {
 			wr.Error = err.Error()
 			res.Failed = append(res.Failed, wr)
+			if st.Failed == nil {
+				st.Failed = map[string]string{}
+			}
+			st.Failed[k] = wr.Error
+			if err := writeState(opts.State, st); err != nil {
+				log.Error("recording the failure", "err", err)
+			}
 			log.Error("restore failed; its images are kept", "workload", k, "err", err)
 			emit(checkpoint.Event{Phase: "restore", Workload: k, Error: err.Error()})
 			return
 		}
 		res.Restored = append(res.Restored, wr)
 		st.Restored = append(st.Restored, k)
+		delete(st.Failed, k)
 		if err := writeState(opts.State, st); err != nil {
 			log.Error("recording the restore", "err", err)
 		}

@@ -520,6 +520,9 @@ func newStatusCommand(g *globals) *cobra.Command {
 			if j, _ := checkpoint.ReadJournal(f.journal); j != nil {
 				st["journal"] = j
 			}
+			if rs := restore.ReadState(f.state); rs != nil {
+				st["resume"] = rs
+			}
 			_, err = os.Stat("/var/run/reboot-required")
 			st["reboot_required"] = err == nil
 			if ksta, cur, exp := checkpoint.KernelStatus(); ksta != "" {
