@@ -268,9 +268,13 @@ type e2eSuite struct {
 // to a client on the test host that keeps talking), a systemd service
 // suspended as a process tree, and a VM, all suspended by ckpt
 // suspend-all into /dev/pmem0, a real kexec into bookworm-backports' 6.12,
-// and resumed by ckpt-resume.service in the new boot; then a second
-// update into the same kernel, as the next month's would be.
+// and resumed by ckpt-resume.service in the new boot. Then, on the same
+// workloads: a second update into the same kernel, as next month's would
+// be; an update back to 6.1 with one workload's object damaged before the
+// resume, repaired and retried; the fallback where kexec is disabled (a
+// disk region and a full reboot); and, for comparison, a cold update.
 func TestKernelUpdate(t *testing.T) {
+	t.Parallel()
 	_, v := guestImage(t)
 	g := bootSysGuest(t, v.K61, e2eCtrPort, e2eTreePort)
 	stageE2E(t, g)
@@ -283,11 +287,16 @@ func TestKernelUpdate(t *testing.T) {
 		t.Fatalf("container before the update: %q, %v", a, err)
 	}
 	s.update(v.K612, "6.1 → 6.12")
-	s.update(v.K612, "6.12 → 6.12 (again, same kernel)")
+	s.update(v.K612, "6.12 → 6.12 (again)")
+	s.partial(v.K61)
+	s.fallback(v.K61)
 
 	// runc still manages the container: kill ends it.
 	g.MustSh(time.Minute, "runc kill e2e-ctr KILL; for i in $(seq 50); do runc list | grep -q 'e2e-ctr .*stopped' && exit 0; sleep 0.2; done; runc list; exit 1")
-	t.Logf("a kernel update with ckpt (the client's blackout and its parts):\n%s", strings.Join(s.table, "\n"))
+	s.cold()
+	t.Logf("a kernel update with ckpt vs a plain reboot (TCG guest; the client's blackout, then its parts):\n"+
+		"| update | client blackout | longest frozen before the kexec | suspend-all → new boot's agent up | → resume-all done | resume-all |\n"+
+		"|---|---|---|---|---|---|\n%s", strings.Join(s.table, "\n"))
 }
 
 var (
@@ -297,39 +306,71 @@ var (
 
 // update runs one kernel update into kernel and checks every workload.
 func (s *e2eSuite) update(kernel, name string) {
-	t, g := s.t, s.g
-	t.Helper()
-	t.Logf("== update %s", name)
-	before := s.state()
-	plan := g.MustSh(5*time.Minute, "ckpt plan --region /dev/pmem0 --kernel "+kernel)
-	t.Logf("ckpt plan:\n%s", plan)
+	s.t.Helper()
+	s.t.Logf("== update %s", name)
+	plan := s.g.MustSh(5*time.Minute, "ckpt plan --region /dev/pmem0 --kernel "+kernel)
+	s.t.Logf("ckpt plan:\n%s", plan)
 	for _, w := range []string{"criu/e2e-ctr", "criu/cgroup:/system.slice/ckpt-e2e-tree.service", "qemu/"} {
 		if !strings.Contains(plan, w) {
-			t.Fatalf("plan does not list %s", w)
+			s.t.Fatalf("plan does not list %s", w)
 		}
 	}
-	start := time.Now()
-	g.Start("ckpt suspend-all --region /dev/pmem0 --kernel " + kernel + " >/var/log/ckpt-e2e-suspend.log 2>&1; echo exit $? >>/var/log/ckpt-e2e-suspend.log")
-	boot := g.WaitBoot(before.boot, 10*time.Minute)
-	up := time.Since(start)
-	// ckpt-resume.service runs resume-all; wait for it to end.
-	var unit string
+	r := s.suspend("ckpt suspend-all --region /dev/pmem0 --kernel " + kernel)
+	s.awaitResume(r, true)
+	s.check(r, kernel, "/dev/pmem0", name)
+}
+
+// run is one update under way: the state before, and when it started.
+type run struct {
+	before e2eState
+	start  time.Time
+	up     time.Duration // until the new boot's agent answered
+	done   time.Duration // until resume at boot had ended
+	log    string        // suspend-all's output and the boot units' journal
+}
+
+// suspend records the workloads' state and starts cmd (which ends the
+// boot), then waits for the new boot.
+func (s *e2eSuite) suspend(cmd string) *run {
+	s.t.Helper()
+	r := &run{before: s.state(), start: time.Now()}
+	s.g.Start("(" + cmd + ") >/var/log/ckpt-e2e-suspend.log 2>&1; echo exit $? >>/var/log/ckpt-e2e-suspend.log")
+	s.g.WaitBoot(r.before.boot, 10*time.Minute)
+	r.up = time.Since(r.start)
+	return r
+}
+
+// awaitResume waits for the boot units to end; resume says whether
+// ckpt-resume.service must have succeeded (else only the early unit).
+func (s *e2eSuite) awaitResume(r *run, resume bool) {
+	s.t.Helper()
+	units := "ckpt-resume-early.service"
+	if resume {
+		units += " ckpt-resume.service"
+	}
+	var st string
 	for deadline := time.Now().Add(10 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
-		unit = g.MustSh(time.Minute, "systemctl show -p ActiveState,SubState,Result ckpt-resume.service ckpt-resume-early.service")
-		if strings.Contains(unit, "ActiveState=failed") || strings.Count(unit, "SubState=exited") == 2 {
+		st = s.g.MustSh(time.Minute, "systemctl show -p ActiveState,SubState,Result "+units)
+		if strings.Contains(st, "ActiveState=failed") || strings.Count(st, "SubState=exited") == len(strings.Fields(units)) {
 			break
 		}
 	}
-	resumed := time.Since(start)
-	journal := g.Sh(time.Minute, "cat /var/log/ckpt-e2e-suspend.log; journalctl -b -o cat -u ckpt-resume-early.service -u ckpt-resume.service").Stdout
-	t.Logf("suspend and resume:\n%s", journal)
-	if strings.Contains(unit, "ActiveState=failed") || !strings.Contains(unit, "Result=success") {
-		t.Fatalf("resume at boot: %s", unit)
+	r.done = time.Since(r.start)
+	r.log = s.g.Sh(time.Minute, "cat /var/log/ckpt-e2e-suspend.log; journalctl -b -o cat -u ckpt-resume-early.service -u ckpt-resume.service").Stdout
+	s.t.Logf("suspend and resume:\n%s", r.log)
+	if strings.Contains(st, "ActiveState=failed") || strings.Count(st, "Result=success") != len(strings.Fields(units)) {
+		s.t.Fatalf("resume at boot: %s", st)
 	}
-	after := s.state()
+}
 
+// check checks every workload after an update into kernel and records
+// the blackout in the table.
+func (s *e2eSuite) check(r *run, kernel, region, name string) {
+	t, g, before := s.t, s.g, r.before
+	t.Helper()
+	after := s.state()
 	// The new kernel, a new boot.
-	if after.kernel != kernel || after.boot == before.boot || boot != after.boot {
+	if after.kernel != kernel || after.boot == before.boot {
 		t.Fatalf("after the update: kernel %s (want %s), boot %s (before %s)", after.kernel, kernel, after.boot, before.boot)
 	}
 	// The container: the same connection answers, its counter went on,
@@ -342,7 +383,7 @@ func (s *e2eSuite) update(kernel, name string) {
 			t.Fatalf("container after the update: %s → %q, %v", cmd, a, err)
 		}
 	}
-	gap, last, first := s.client.Gap(start.Add(-time.Minute))
+	gap, last, first := s.client.Gap(r.start.Add(-time.Minute))
 	if first.tick < last.tick || last.tick < before.ctrTick {
 		t.Fatalf("container counter: %d before the blackout, %d after (a restart starts again near 0)", last.tick, first.tick)
 	}
@@ -364,7 +405,7 @@ func (s *e2eSuite) update(kernel, name string) {
 		t.Fatalf("VM counter: %v (%d before, %d after)", err, before.vmCount, after.vmCount)
 	}
 	// The region is released, the network lock is gone.
-	if st := g.MustSh(time.Minute, "ckpt status --region /dev/pmem0 --json"); !strings.Contains(st, `"committed": false`) {
+	if st := g.MustSh(time.Minute, "ckpt status --region "+region+" --json"); !strings.Contains(st, `"committed": false`) {
 		t.Fatalf("region not released:\n%s", st)
 	}
 	if n := strings.TrimSpace(g.Sh(time.Minute, "iptables -S | grep -ci 0xc114").Stdout); n != "0" {
@@ -372,19 +413,105 @@ func (s *e2eSuite) update(kernel, name string) {
 	}
 
 	// What the blackout was made of.
-	var dump float64
-	for _, m := range reFrozen.FindAllStringSubmatch(journal, -1) {
-		d, _ := strconv.ParseFloat(m[3], 64)
-		dump = max(dump, d)
+	var frozen float64
+	for _, m := range reFrozen.FindAllStringSubmatch(r.log, -1) {
+		f, _ := strconv.ParseFloat(m[2], 64)
+		frozen = max(frozen, f)
 	}
 	var restore float64
-	if m := reResume.FindStringSubmatch(journal); m != nil {
-		restore, _ = strconv.ParseFloat(m[3], 64)
+	for _, m := range reResume.FindAllStringSubmatch(r.log, -1) {
+		x, _ := strconv.ParseFloat(m[3], 64)
+		restore += x
 	}
 	s.table = append(s.table, fmt.Sprintf("| %s | %.1f s | %.1f s | %.1f s | %.1f s | %.1f s |", name,
-		gap.Seconds(), dump, up.Seconds(), resumed.Seconds()-up.Seconds(), restore))
-	t.Logf("update %s: client blackout %.1fs (tick %d → %d); dump %.1fs; suspend-all start → agent up %.1fs; → resume done %.1fs; resume-all %.1fs",
-		name, gap.Seconds(), last.tick, first.tick, dump, up.Seconds(), resumed.Seconds(), restore)
+		gap.Seconds(), frozen, r.up.Seconds(), (r.done - r.up).Seconds(), restore))
+	t.Logf("update %s: client blackout %.1fs (tick %d → %d); frozen %.1fs; suspend-all start → agent up %.1fs; → resume done %.1fs; resume-all %.1fs",
+		name, gap.Seconds(), last.tick, first.tick, frozen, r.up.Seconds(), r.done.Seconds(), restore)
+}
+
+// treeKey is the service's workload key.
+const treeKey = "criu/cgroup:/system.slice/ckpt-e2e-tree.service"
+
+// partial: an update back to 6.1 whose resume at boot is held back
+// (systemd.mask= on the next command line), so that one workload's object
+// can be damaged first. resume-all brings the others back and keeps the
+// damaged one's images; ckpt status says which and why; once the object
+// is repaired from a copy, ckpt resume brings it back too.
+func (s *e2eSuite) partial(kernel string) {
+	t, g := s.t, s.g
+	t.Helper()
+	name := "6.12 → 6.1, an object damaged, repaired, resumed"
+	t.Logf("== update %s", name)
+	r := s.suspend("ckpt suspend-all --region /dev/pmem0 --kernel " + kernel + " --cmdline-set systemd.mask=ckpt-resume.service")
+	s.awaitResume(r, false)
+	off := strings.TrimSpace(g.MustSh(time.Minute, `set -eu
+set -- $(ckpt region inspect /dev/pmem0 | grep 'ckpt-e2e-tree.service/images/pages-' | sort -k2 -n | tail -1)
+off=$(( $4 + 8192 ))
+dd if=/dev/pmem0 of=/var/tmp/ckpt-e2e-object.bak bs=16 count=1 iflag=skip_bytes skip=$off status=none
+head -c 16 /dev/zero | tr '\0' '\245' | dd of=/dev/pmem0 bs=16 count=1 oflag=seek_bytes seek=$off conv=notrunc status=none
+sync; echo $off`))
+	res := g.Sh(10*time.Minute, "ckpt resume-all --region /dev/pmem0 --order=vm")
+	t.Logf("resume-all with a damaged object (exit %d):\n%s%s", res.Exit, res.Stdout, tail(res.Stderr, 10))
+	if res.Exit != 3 || !strings.Contains(res.Stdout, "FAILED "+treeKey) || !strings.Contains(res.Stdout, "resumed 2, failed 1") {
+		t.Fatalf("resume-all with %s damaged: exit %d, want 3 naming it", treeKey, res.Exit)
+	}
+	st := g.MustSh(time.Minute, "ckpt status --region /dev/pmem0 --json")
+	if !strings.Contains(st, `"committed": true`) || !strings.Contains(st, treeKey+`": "object `) || !strings.Contains(st, "checksum") {
+		t.Fatalf("ckpt status does not say which workload failed and why:\n%s", st)
+	}
+	g.MustSh(time.Minute, "systemctl is-active ckpt-e2e-tree.service && exit 1; runc list | grep 'e2e-ctr .*running'")
+	// Repaired from the copy, the workload comes back with ckpt resume.
+	g.MustSh(time.Minute, "dd if=/var/tmp/ckpt-e2e-object.bak of=/dev/pmem0 bs=16 count=1 oflag=seek_bytes seek="+off+" conv=notrunc status=none; sync")
+	res = g.Sh(10*time.Minute, "ckpt resume --region /dev/pmem0 "+treeKey)
+	t.Logf("ckpt resume after the repair (exit %d):\n%s%s", res.Exit, res.Stdout, tail(res.Stderr, 10))
+	if res.Exit != 0 {
+		t.Fatalf("ckpt resume %s after the repair: exit %d", treeKey, res.Exit)
+	}
+	r.log += res.Stdout
+	s.check(r, kernel, "/dev/pmem0", name)
+}
+
+// fallback: where kexec is disabled, plan names the fallback, and
+// following it (a region on disk, suspend-all --no-kexec, a reboot
+// through the firmware) brings every workload back at boot.
+func (s *e2eSuite) fallback(kernel string) {
+	t, g := s.t, s.g
+	t.Helper()
+	name := "kexec disabled: disk region, full reboot"
+	t.Logf("== update %s", name)
+	g.MustSh(time.Minute, "sysctl -q -w kernel.kexec_load_disabled=1")
+	res := g.Sh(5*time.Minute, "ckpt plan --region /dev/pmem0")
+	t.Logf("ckpt plan with kexec disabled (exit %d):\n%s%s", res.Exit, res.Stdout, res.Stderr)
+	if res.Exit == 0 || !strings.Contains(res.Stdout+res.Stderr, "fall back to a full reboot") {
+		t.Fatalf("plan with kexec disabled: exit %d, no fallback named", res.Exit)
+	}
+	const region = "/var/lib/ckpt/region"
+	g.MustSh(time.Minute, "ckpt region format "+region+" --kind dir && sed -i 's|^CKPT_REGION=.*|CKPT_REGION="+region+"|' /etc/default/ckpt")
+	r := s.suspend("ckpt suspend-all --no-kexec --region " + region + " && systemctl reboot")
+	s.awaitResume(r, true)
+	s.check(r, kernel, region, name)
+	g.MustSh(time.Minute, "sed -i 's|^CKPT_REGION=.*|CKPT_REGION=/dev/pmem0|' /etc/default/ckpt")
+}
+
+// cold is the comparison: stop the workloads, reboot, start them again and
+// wait until the container has refilled its memory and answers.
+func (s *e2eSuite) cold() {
+	t, g := s.t, s.g
+	t.Helper()
+	s.client.Close()
+	before := s.state()
+	start := time.Now()
+	g.Start("runc delete -f e2e-ctr; systemctl stop ckpt-e2e-tree.service; pkill -f e2e-vm.qmp; systemctl reboot")
+	g.WaitBoot(before.boot, 10*time.Minute)
+	up := time.Since(start)
+	g.MustSh(5*time.Minute, "sh /mnt/host/e2e-start.sh")
+	c := dialLineClient(t, fmt.Sprintf("127.0.0.1:%d", g.Fwd[e2eCtrPort]), 5*time.Minute)
+	if a, err := c.Ask("sum"); err != nil || !strings.HasPrefix(a, "sum OK") {
+		t.Fatalf("container after a cold start: %q, %v", a, err)
+	}
+	took := time.Since(start)
+	s.table = append(s.table, fmt.Sprintf("| plain reboot: stop, reboot, start, refill 256 MiB | %.1f s (counters start again) | - | %.1f s | - | - |", took.Seconds(), up.Seconds()))
+	t.Logf("cold update: %.1fs until the container answered again (%.1fs until the agent was up); its counter started again", took.Seconds(), up.Seconds())
 }
 
 // countsOnByOne checks that every "prefix N" line of s is one more than
