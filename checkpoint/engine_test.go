@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -505,5 +506,56 @@ func TestPlanChecksKexecTarget(t *testing.T) {
 	}
 	if !strings.Contains(text, "vmlinuz-missing") {
 		t.Fatalf("problems do not name the missing kernel: %s", text)
+	}
+}
+
+// preparing is a fake backend that also prepares the boot.
+type preparing struct {
+	*fake
+	prepared []string
+	recipes  []string
+}
+
+func (p *preparing) PrepareBoot(_ context.Context, w hypervisors.Workload, recipe json.RawMessage) error {
+	p.prepared = append(p.prepared, w.ID)
+	p.recipes = append(p.recipes, string(recipe))
+	return nil
+}
+
+// TestPrepareBeforeResume: restore.Prepare hands each backend that
+// prepares boots its workloads' recipes from the manifest, restores
+// nothing and keeps the checkpoint; it does nothing without a commit.
+func TestPrepareBeforeResume(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := &preparing{fake: newFake("a", map[string]int64{"x": 1 << 20, "y": 1 << 20})}
+	b := newFake("b", map[string]int64{"z": 1 << 20})
+	ctx := context.Background()
+	pr, err := restore.Prepare(ctx, e.region, []hypervisors.Backend{a, b}, nil)
+	if err != nil || pr.Committed || len(a.prepared) != 0 {
+		t.Fatalf("prepare without a checkpoint = %+v, %v; prepared %v", pr, err, a.prepared)
+	}
+	if _, err := suspend(t, ctx, e.opts(a, b)); err != nil {
+		t.Fatal(err)
+	}
+	pr, err = restore.Prepare(ctx, e.region, []hypervisors.Backend{a, b}, nil)
+	slices.Sort(a.prepared)
+	if err != nil || !pr.Committed || len(pr.Prepared) != 2 || !slices.Equal(a.prepared, []string{"x", "y"}) {
+		t.Fatalf("prepare = %+v, %v; prepared %v, want a's x and y", pr, err, a.prepared)
+	}
+	for _, r := range a.recipes {
+		if r == "" || r == "null" {
+			t.Fatalf("prepare got no recipe: %q", a.recipes)
+		}
+	}
+	if a.ws["x"].restored != 0 || b.ws["z"].restored != 0 {
+		t.Fatal("prepare restored a workload")
+	}
+	a.failRestore = "y"
+	if _, err := restore.ResumeAll(ctx, e.resume(a, b)); !errors.Is(err, restore.ErrPartial) {
+		t.Fatalf("resume = %v, want partial", err)
+	}
+	st := restore.ReadState(e.state)
+	if st == nil || !strings.Contains(st.Failed["a/y"], "injected restore failure") || len(st.Restored) != 2 {
+		t.Fatalf("resume state %+v: want a/y failed with its reason, two restored", st)
 	}
 }
