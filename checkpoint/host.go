@@ -3,6 +3,7 @@ package checkpoint
 import (
 	"bufio"
 	"bytes"
+	"os"
 	"os/exec"
 	"strings"
 
@@ -27,6 +28,15 @@ func HostWarnings() []string {
 	} {
 		if unitEnabled(unit) {
 			ws = append(ws, unit+" is enabled: it "+why)
+		}
+	}
+	// On a systemd host nothing resumes the workloads after the kexec
+	// unless the boot units are enabled (the package enables them).
+	if _, err := os.Stat("/run/systemd/system"); err == nil {
+		for _, unit := range []string{"ckpt-resume-early.service", "ckpt-resume.service"} {
+			if !unitEnabled(unit) {
+				ws = append(ws, unit+" is not enabled: nothing resumes the workloads at boot (systemctl enable ckpt-resume-early.service ckpt-resume.service)")
+			}
 		}
 	}
 	return ws
