@@ -115,8 +115,11 @@ func (q qga) start(ctx context.Context, script string) (int, error) {
 	return r.PID, err
 }
 
-// wait polls guest-exec-status until pid exits.
+// wait polls guest-exec-status until pid exits. A poll that gets no
+// answer is tried again (it changes nothing) until ctx ends: under TCG a
+// busy guest can leave its agent silent for a while.
 func (q qga) wait(ctx context.Context, pid int) (execResult, error) {
+	var lastErr error
 	for {
 		var st struct {
 			Exited   bool
@@ -125,10 +128,16 @@ func (q qga) wait(ctx context.Context, pid int) (execResult, error) {
 			Out      string `json:"out-data"`
 			Err      string `json:"err-data"`
 		}
-		if err := q.call(ctx, "guest-exec-status", map[string]any{"pid": pid}, &st); err != nil {
+		pctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err := q.call(pctx, "guest-exec-status", map[string]any{"pid": pid}, &st)
+		cancel()
+		var qe *qgaError
+		switch {
+		case errors.As(err, &qe):
 			return execResult{}, err
-		}
-		if st.Exited {
+		case err != nil:
+			lastErr = err
+		case st.Exited:
 			o, _ := base64.StdEncoding.DecodeString(st.Out)
 			e, _ := base64.StdEncoding.DecodeString(st.Err)
 			res := execResult{Exit: st.ExitCode, Stdout: string(o), Stderr: string(e)}
@@ -139,7 +148,7 @@ func (q qga) wait(ctx context.Context, pid int) (execResult, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return execResult{}, errors.Join(ctx.Err(), fmt.Errorf("guest pid %d still running", pid))
+			return execResult{}, errors.Join(ctx.Err(), fmt.Errorf("guest pid %d still running", pid), lastErr)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

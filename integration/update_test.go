@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -244,7 +245,7 @@ type e2eState struct {
 func (s *e2eSuite) state() e2eState {
 	t, g := s.t, s.g
 	t.Helper()
-	out := g.MustSh(time.Minute, `cat /proc/sys/kernel/random/boot_id; uname -r; systemctl show -p MainPID --value ckpt-e2e-tree.service; cat /var/log/ckpt-e2e-vm.serial`)
+	out := g.MustSh(3*time.Minute, `cat /proc/sys/kernel/random/boot_id; uname -r; systemctl show -p MainPID --value ckpt-e2e-tree.service; cat /var/log/ckpt-e2e-vm.serial`)
 	lines := strings.SplitN(out, "\n", 4)
 	st := e2eState{boot: lines[0], kernel: lines[1], treePid: lines[2], ctrTick: s.client.Last().tick}
 	st.vmCount, _ = lastInt(lines[3], "vm-count ")
@@ -345,7 +346,13 @@ func (s *e2eSuite) awaitResume(r *run, resume bool) {
 	}
 	var st string
 	for deadline := time.Now().Add(10 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
-		st = s.g.MustSh(time.Minute, "systemctl show -p ActiveState,SubState,Result "+units)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		res, err := s.g.agent.exec(ctx, "systemctl show -p ActiveState,SubState,Result "+units)
+		cancel()
+		if err != nil {
+			continue // a busy guest's agent; ask again
+		}
+		st = res.Stdout
 		if strings.Contains(st, "ActiveState=failed") || strings.Count(st, "SubState=exited") == len(strings.Fields(units)) {
 			break
 		}
