@@ -546,7 +546,7 @@ func (s *e2eSuite) cold() {
 	s.client.Close()
 	before := s.state()
 	start := time.Now()
-	g.Start("runc delete -f e2e-ctr; systemctl stop ckpt-e2e-tree.service; pkill -f e2e-vm.qmp; systemctl reboot")
+	g.Start("runc delete -f e2e-ctr; systemctl stop ckpt-e2e-tree.service; pkill -f '[q]emu-system.*e2e-vm'; systemctl reboot")
 	g.WaitBoot(before.boot, 10*time.Minute)
 	up := time.Since(start)
 	g.MustSh(5*time.Minute, "sh /mnt/host/e2e-start.sh")
