@@ -53,6 +53,8 @@ type Config struct {
 	// "/system.slice/foo.service") whose processes form one tree to
 	// suspend as a workload "cgroup:<path>".
 	ProcessTrees []string
+
+	defaultWorkDir bool // WorkDir is ours, in /run: see mountStaging
 }
 
 func (c Config) withDefaults() Config {
@@ -64,6 +66,7 @@ func (c Config) withDefaults() Config {
 	def(&c.Runc, "runc")
 	def(&c.RuncRoot, "/run/runc")
 	def(&c.CRIU, "criu")
+	c.defaultWorkDir = c.WorkDir == ""
 	def(&c.WorkDir, "/run/ckpt/criu")
 	def(&c.LogDir, "/var/log/ckpt")
 	return c
@@ -174,6 +177,9 @@ func (r *Runtime) stage(id, what string) (string, error) {
 // MiB container failed its dump with ENOSPC in a 3 GiB host). The mount
 // costs nothing until written; it is gone with the boot.
 func (r *Runtime) mountStaging() {
+	if !r.cfg.defaultWorkDir {
+		return // the caller's directory: leave it as it is
+	}
 	var st, parent unix.Stat_t
 	var fs unix.Statfs_t
 	if unix.Stat(r.cfg.WorkDir, &st) != nil || unix.Stat(filepath.Dir(r.cfg.WorkDir), &parent) != nil ||
