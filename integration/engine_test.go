@@ -294,7 +294,7 @@ func (h *host) rolledBack(cmd *exec.Cmd, out *bytes.Buffer, before map[string]in
 	if err == nil {
 		t.Skipf("skipped: the suspend committed before %s", what)
 	}
-	if !strings.Contains(out.String(), "rolled back") || !strings.Contains(out.String(), want) {
+	if !strings.Contains(out.String(), "rolled back") || !strings.Contains(strings.ToLower(out.String()), strings.ToLower(want)) {
 		t.Fatalf("suspend-all = %v; want a rollback after %s (%q)", err, what, want)
 	}
 	h.running(before)
@@ -333,6 +333,8 @@ func TestRegionFullKeepsEverythingRunning(t *testing.T) {
 		_, err = f.Write(chunk)
 	}
 	f.Close()
+	// Whichever writer meets the full region first fails the dump: ckpt's
+	// own region writer or CRIU ("No space left on device").
 	h.rolledBack(cmd, out, before, "a full region", "no space")
 }
 
