@@ -188,15 +188,6 @@ func firstLine(s string) string {
 	return l
 }
 
-// consoleSince returns what the console printed after offset.
-func (g *sysGuest) consoleSince(off int) string {
-	s := readFile(g.Console)
-	if off > len(s) {
-		return ""
-	}
-	return s[off:]
-}
-
 // lastInt returns the number after the last prefix in s (e.g. "vm-count ").
 func lastInt(s, prefix string) (int64, bool) {
 	var n int64
