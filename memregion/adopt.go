@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 
 	"github.com/zeebo/xxh3"
+	"golang.org/x/sys/unix"
 )
 
 // ErrNoDirectAccess means the region keeps objects somewhere a program
@@ -17,12 +17,17 @@ var ErrNoDirectAccess = errors.New("region: objects are not files")
 // ObjectDir returns a directory inside a dir region where a program (CRIU)
 // may write files that Adopt then turns into objects named prefix/<file>,
 // without a copy. The raw layout returns ErrNoDirectAccess. The region
-// must not hold a committed checkpoint. Files left unadopted are the
-// caller's to remove.
+// must not hold a committed checkpoint. Every directory on the way is
+// made or checked without following a symlink; the program then writes
+// by path, so the region must be writable by root alone (Format makes it
+// 0700). Files left unadopted are the caller's to remove.
 func (r *Region) ObjectDir(prefix string) (string, error) {
 	d, ok := r.st.(*dirStore)
 	if !ok {
 		return "", ErrNoDirectAccess
+	}
+	if err := r.writable("object dir"); err != nil {
+		return "", err
 	}
 	if err := validName(prefix); err != nil {
 		return "", err
@@ -32,16 +37,22 @@ func (r *Region) ObjectDir(prefix string) (string, error) {
 	} else if sealed {
 		return "", fmt.Errorf("%w: %s", ErrSealed, r.path)
 	}
-	p := d.objPath(prefix)
-	return p, os.MkdirAll(p, 0o700)
+	if err := mkdirAll(d.root, objRel(prefix)); err != nil {
+		return "", err
+	}
+	return d.objPath(prefix), nil
 }
 
 // Adopt makes the file already at ObjectDir's place for name an object,
-// reading it once for its checksum.
+// reading it once for its checksum. It refuses a symlink, or anything but
+// a regular file (*UnsafeError), without blocking.
 func (r *Region) Adopt(name string) error {
 	d, ok := r.st.(*dirStore)
 	if !ok {
 		return ErrNoDirectAccess
+	}
+	if err := r.writable("adopt"); err != nil {
+		return err
 	}
 	if err := validName(name); err != nil {
 		return err
@@ -53,7 +64,7 @@ func (r *Region) Adopt(name string) error {
 	}
 	r.names[name] = true
 	r.mu.Unlock()
-	info, err := hashFile(d.objPath(name))
+	info, err := hashFile(d.root, objRel(name))
 	if err != nil {
 		r.forget(name)
 		return fmt.Errorf("adopt %q: %w", name, err)
@@ -65,8 +76,8 @@ func (r *Region) Adopt(name string) error {
 	return nil
 }
 
-func hashFile(p string) (ObjectInfo, error) {
-	f, err := os.Open(p)
+func hashFile(root int, rel string) (ObjectInfo, error) {
+	f, err := openRegular(root, rel, unix.O_RDONLY)
 	if err != nil {
 		return ObjectInfo{}, err
 	}
@@ -85,7 +96,9 @@ func hashFile(p string) (ObjectInfo, error) {
 // CommittedDir returns the directory holding the committed objects named
 // prefix/… of a dir region, for programs that read them in place (CRIU
 // restore). Callers must Verify the region first: reading files in place
-// bypasses the per-read checksum of OpenObject.
+// bypasses the per-read checksum of OpenObject. It refuses (*UnsafeError)
+// a directory that is a symlink or holds anything but regular files and
+// directories, since the program will follow what it finds there.
 func (r *Region) CommittedDir(prefix string) (string, error) {
 	d, ok := r.st.(*dirStore)
 	if !ok {
@@ -95,6 +108,14 @@ func (r *Region) CommittedDir(prefix string) (string, error) {
 		return "", err
 	}
 	if _, err := r.Manifest(); err != nil {
+		return "", err
+	}
+	fd, err := openDirBeneath(d.root, objRel(prefix))
+	if err != nil {
+		return "", relabel(err, objRel(prefix))
+	}
+	defer unix.Close(fd)
+	if err := checkTree(fd, objRel(prefix), 0); err != nil {
 		return "", err
 	}
 	return filepath.Clean(d.objPath(prefix)), nil

@@ -31,64 +31,94 @@ type dirMarker struct {
 	ID     string `json:"id"`
 }
 
+// dirStore keeps every lookup relative to root, a descriptor of the
+// region's directory (see beneath.go): nothing under the region is
+// followed out of it.
 type dirStore struct {
 	dir    string
+	root   int // O_RDONLY|O_DIRECTORY descriptor of dir
 	marker dirMarker
 }
 
-func formatDir(dir string) error {
-	if err := os.MkdirAll(filepath.Join(dir, objectsDir), 0o700); err != nil {
-		return err
+// maxMarker bounds the marker file (it holds a few dozen bytes).
+const maxMarker = 64 << 10
+
+func openRoot(dir string) (int, error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, &os.PathError{Op: "open", Path: dir, Err: err}
 	}
-	b, _ := json.Marshal(dirMarker{Format: FormatVersion, ID: newID()})
-	return writeFileSync(filepath.Join(dir, markerFile), b)
+	return fd, nil
 }
 
 func openDir(dir string) (*dirStore, error) {
-	b, err := os.ReadFile(filepath.Join(dir, markerFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %s has no %s", ErrNotFormatted, dir, markerFile)
-	}
+	root, err := openRoot(dir)
 	if err != nil {
 		return nil, err
 	}
+	m, err := readMarker(root, dir)
+	if err != nil {
+		unix.Close(root)
+		return nil, err
+	}
+	return &dirStore{dir: dir, root: root, marker: m}, nil
+}
+
+func readMarker(root int, dir string) (dirMarker, error) {
 	var m dirMarker
+	b, err := readCapped(root, markerFile, maxMarker)
+	if errors.Is(err, fs.ErrNotExist) {
+		return m, fmt.Errorf("%w: %s has no %s", ErrNotFormatted, dir, markerFile)
+	}
+	if err != nil {
+		return m, fmt.Errorf("%s: %w", dir, err)
+	}
 	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, markerFile, err)
+		return m, fmt.Errorf("%w: %s: %v", ErrCorrupt, markerFile, err)
 	}
 	if m.Format != FormatVersion {
-		return nil, fmt.Errorf("%w: %s has format %d, this ckpt reads %d", ErrVersion, dir, m.Format, FormatVersion)
+		return m, fmt.Errorf("%w: %s has format %d, this ckpt reads %d", ErrVersion, dir, m.Format, FormatVersion)
 	}
-	return &dirStore{dir: dir, marker: m}, nil
+	return m, nil
 }
 
 func (d *dirStore) kind() string { return "dir" }
 func (d *dirStore) id() string   { return d.marker.ID }
-func (d *dirStore) close() error { return nil }
+func (d *dirStore) close() error { return unix.Close(d.root) }
 
+// objRel is an object's path relative to the region's root.
+func objRel(name string) string { return objectsDir + "/" + name }
+
+// objPath is an object's path for programs that take paths (CRIU).
 func (d *dirStore) objPath(name string) string {
 	return filepath.Join(d.dir, objectsDir, filepath.FromSlash(name))
 }
 
 func (d *dirStore) newObject(name string, _ int64) (sink, error) {
-	p := d.objPath(name)
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+	rel := objRel(name)
+	parent, _ := splitParent(rel)
+	if err := mkdirAll(d.root, parent); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := createExcl(d.root, rel)
 	if errors.Is(err, fs.ErrExist) {
 		// Left over from a run that crashed before sealing: not committed.
-		if err = os.Remove(p); err == nil {
-			f, err = os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		// A symlink there is removed itself, not followed.
+		if err = unlinkBeneath(d.root, rel); err == nil {
+			f, err = createExcl(d.root, rel)
 		}
 	}
 	if err != nil {
 		return nil, err
 	}
-	return &dirSink{f: f}, nil
+	return &dirSink{f: f, d: d, rel: rel}, nil
 }
 
-type dirSink struct{ f *os.File }
+type dirSink struct {
+	f   *os.File
+	d   *dirStore
+	rel string
+}
 
 func (s *dirSink) Write(p []byte) (int, error) {
 	n, err := s.f.Write(p)
@@ -108,19 +138,26 @@ func (s *dirSink) finish() ([]Extent, error) {
 
 func (s *dirSink) abort() {
 	s.f.Close()
-	os.Remove(s.f.Name())
+	unlinkBeneath(s.d.root, s.rel)
 }
 
 func (d *dirStore) openObject(o ObjectInfo) (io.ReadCloser, error) {
-	f, err := os.Open(d.objPath(o.Name))
+	f, err := openRegular(d.root, objRel(o.Name), unix.O_RDONLY)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, &ObjectError{o.Name, "missing: " + d.objPath(o.Name) + " does not exist", ErrCorrupt}
 	}
-	return f, err
+	var ue *UnsafeError
+	if errors.As(err, &ue) {
+		return nil, &ObjectError{o.Name, "refused: " + ue.Error(), err}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
 }
 
 func (d *dirStore) readManifest() ([]byte, error) {
-	b, err := os.ReadFile(filepath.Join(d.dir, manifestFile))
+	b, err := readCapped(d.root, manifestFile, manifestHeaderLen+maxManifest)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, ErrNotSealed
 	}
@@ -128,25 +165,28 @@ func (d *dirStore) readManifest() ([]byte, error) {
 }
 
 func (d *dirStore) commit(manifest []byte) error {
-	p := filepath.Join(d.dir, manifestFile)
-	tmp := p + ".tmp"
-	if err := writeFileSync(tmp, manifest); err != nil {
-		os.Remove(tmp)
+	tmp := manifestFile + ".tmp"
+	if err := removeTree(d.root, tmp); err != nil {
+		return err
+	}
+	if err := writeNew(d.root, tmp, manifest); err != nil {
+		unlinkBeneath(d.root, tmp)
 		if errors.Is(err, syscall.ENOSPC) {
 			return fmt.Errorf("%w: writing manifest: %v", ErrNoSpace, err)
 		}
 		return err
 	}
-	if err := os.Rename(tmp, p); err != nil {
-		return err
+	if err := unix.Renameat(d.root, tmp, d.root, manifestFile); err != nil {
+		unlinkBeneath(d.root, tmp)
+		return &os.PathError{Op: "rename", Path: filepath.Join(d.dir, manifestFile), Err: err}
 	}
-	return syncDir(d.dir)
+	return syncFd(d.root)
 }
 
 func (d *dirStore) discard(objs []ObjectInfo) error {
 	var errs []error
 	for _, o := range objs {
-		if err := os.Remove(d.objPath(o.Name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := unlinkBeneath(d.root, objRel(o.Name)); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -154,16 +194,19 @@ func (d *dirStore) discard(objs []ObjectInfo) error {
 }
 
 func (d *dirStore) release(_ []ObjectInfo) error {
-	if err := os.Remove(filepath.Join(d.dir, manifestFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := removeTree(d.root, manifestFile); err != nil {
 		return err
 	}
-	if err := syncDir(d.dir); err != nil {
+	if err := syncFd(d.root); err != nil {
 		return err
 	}
-	if err := os.RemoveAll(filepath.Join(d.dir, objectsDir)); err != nil {
+	if err := removeTree(d.root, objectsDir); err != nil {
 		return err
 	}
-	return os.MkdirAll(filepath.Join(d.dir, objectsDir), 0o700)
+	if err := unix.Mkdirat(d.root, objectsDir, 0o700); err != nil {
+		return &os.PathError{Op: "mkdir", Path: filepath.Join(d.dir, objectsDir), Err: err}
+	}
+	return nil
 }
 
 // dirHeadroom is kept free for the manifest and filesystem metadata.
@@ -171,7 +214,7 @@ const dirHeadroom = 16 * MiB
 
 func (d *dirStore) space() (int64, int64, error) {
 	var st unix.Statfs_t
-	if err := unix.Statfs(d.dir, &st); err != nil {
+	if err := unix.Fstatfs(d.root, &st); err != nil {
 		return 0, 0, err
 	}
 	total := int64(st.Blocks) * st.Bsize
@@ -179,8 +222,10 @@ func (d *dirStore) space() (int64, int64, error) {
 	return total, max(free, 0), nil
 }
 
-func writeFileSync(p string, b []byte) error {
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+// writeNew creates name beneath dirfd (it must not exist), writes b and
+// makes it durable.
+func writeNew(dirfd int, name string, b []byte) error {
+	f, err := createExcl(dirfd, name)
 	if err != nil {
 		return err
 	}
@@ -195,13 +240,8 @@ func writeFileSync(p string, b []byte) error {
 	return f.Close()
 }
 
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+func syncFd(fd int) error {
+	if err := unix.Fsync(fd); err != nil && err != unix.EINVAL {
 		return err
 	}
 	return nil

@@ -30,7 +30,32 @@ var (
 	ErrNoObject = errors.New("region: no such object")
 	// ErrNoPlan means no range of the requested size fits the memory map.
 	ErrNoPlan = errors.New("region: no suitable memory range")
+	// ErrUnsafe means an entry of the region is one ckpt refuses to
+	// follow or open: a symlink, a path leaving the region, a FIFO, socket
+	// or device node where a file or directory belongs, a raw region that
+	// is neither a regular file nor a block device, or a region owned by
+	// another user. Nothing outside the region was read or written.
+	ErrUnsafe = errors.New("region: unsafe entry")
+	// ErrReadOnly means the region was opened read-only (Options.ReadOnly)
+	// and the call would change it.
+	ErrReadOnly = errors.New("region: opened read-only")
+	// ErrMayHoldCheckpoint means Format found ckpt data (a marker,
+	// superblock or manifest, readable or not) and refuses without force.
+	ErrMayHoldCheckpoint = errors.New("region: path may hold a checkpoint")
 )
+
+// UnsafeError names the entry of a region that was refused and why. It
+// wraps ErrUnsafe.
+type UnsafeError struct {
+	Path   string // the entry, relative to the region for a dir region
+	Reason string // e.g. "is a symlink", "is a FIFO"
+}
+
+func (e *UnsafeError) Error() string {
+	return fmt.Sprintf("%v: %q %s", ErrUnsafe, e.Path, e.Reason)
+}
+
+func (e *UnsafeError) Unwrap() error { return ErrUnsafe }
 
 // ObjectError says which object failed and why. It wraps a sentinel
 // (ErrCorrupt for checksum, size and location failures).

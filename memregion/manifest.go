@@ -78,6 +78,7 @@ func (m *Manifest) validate() error {
 		return fmt.Errorf("%w: manifest version %d, this ckpt reads %d", ErrVersion, m.Version, FormatVersion)
 	}
 	seen := make(map[string]bool, len(m.Objects))
+	var total int64
 	for _, o := range m.Objects {
 		if err := validName(o.Name); err != nil {
 			return fmt.Errorf("%w: manifest: %v", ErrCorrupt, err)
@@ -86,20 +87,12 @@ func (m *Manifest) validate() error {
 			return fmt.Errorf("%w: manifest names object %q twice", ErrCorrupt, o.Name)
 		}
 		seen[o.Name] = true
-		if o.Size < 0 {
-			return fmt.Errorf("%w: object %q has negative size", ErrCorrupt, o.Name)
+		if o.Size < 0 || o.Size > maxRawSize || total > maxRawSize-o.Size {
+			return fmt.Errorf("%w: object %q has an impossible size %d", ErrCorrupt, o.Name, o.Size)
 		}
-		if len(o.Extents) > 0 {
-			var n int64
-			for _, e := range o.Extents {
-				if e.Off < 0 || e.Len <= 0 || e.Off > 1<<62 || e.Len > 1<<62 {
-					return fmt.Errorf("%w: object %q has a bad extent", ErrCorrupt, o.Name)
-				}
-				n += e.Len
-			}
-			if n != o.Size {
-				return fmt.Errorf("%w: object %q: extents hold %d bytes, size is %d", ErrCorrupt, o.Name, n, o.Size)
-			}
+		total += o.Size
+		if err := validExtents(o); err != nil {
+			return err
 		}
 	}
 	for _, w := range m.Workloads {
@@ -108,6 +101,25 @@ func (m *Manifest) validate() error {
 				return fmt.Errorf("%w: workload %q names object %q the manifest does not hold", ErrCorrupt, w.ID, name)
 			}
 		}
+	}
+	return nil
+}
+
+// validExtents checks that an object's extents are each inside the
+// largest possible region and add up to its size, without overflow.
+func validExtents(o ObjectInfo) error {
+	if len(o.Extents) == 0 {
+		return nil
+	}
+	var n int64
+	for _, e := range o.Extents {
+		if e.Off < 0 || e.Len <= 0 || e.Off > maxRawSize || e.Len > maxRawSize-e.Off || n > maxRawSize-e.Len {
+			return fmt.Errorf("%w: object %q has a bad extent %d+%d", ErrCorrupt, o.Name, e.Off, e.Len)
+		}
+		n += e.Len
+	}
+	if n != o.Size {
+		return fmt.Errorf("%w: object %q: extents hold %d bytes, size is %d", ErrCorrupt, o.Name, n, o.Size)
 	}
 	return nil
 }
@@ -122,9 +134,10 @@ func (m *Manifest) validate() error {
 //	24 body
 const manifestHeaderLen = 24
 
-// maxManifest bounds what the parser accepts (a manifest of a host with
-// thousands of workloads is a few MiB).
-const maxManifest = 256 * MiB
+// maxManifest bounds a manifest's body, on writing and before reading it
+// into memory (a manifest of a host with thousands of workloads is a few
+// MiB).
+const maxManifest = 64 * MiB
 
 var manifestMagic = [8]byte{'C', 'K', 'P', 'T', 'M', 'A', 'N', 0}
 
@@ -161,6 +174,9 @@ func decodeManifest(b []byte) (*Manifest, error) {
 		return nil, fmt.Errorf("%w: manifest format %d, this ckpt reads %d", ErrVersion, v, FormatVersion)
 	}
 	n := int64(binary.LittleEndian.Uint32(b[12:]))
+	if n > maxManifest {
+		return nil, fmt.Errorf("%w: manifest header records %d bytes, above the %s limit", ErrCorrupt, n, HumanBytes(maxManifest))
+	}
 	if int64(len(b)-manifestHeaderLen) < n {
 		return nil, fmt.Errorf("%w: manifest truncated: %d of %d bytes", ErrCorrupt, len(b)-manifestHeaderLen, n)
 	}

@@ -25,31 +25,6 @@ type FormatOptions struct {
 	Force bool
 }
 
-// Format prepares path to hold a region. It refuses to destroy a
-// committed checkpoint unless opts.Force is set.
-func Format(path string, opts FormatOptions) error {
-	kind := opts.Kind
-	if kind == "" {
-		kind = detectKind(path)
-	}
-	if !opts.Force {
-		if r, err := Open(path, Options{}); err == nil {
-			sealed, serr := r.Sealed()
-			r.Close()
-			if sealed || serr != nil {
-				return fmt.Errorf("format %s: %w (release it or pass force)", path, ErrSealed)
-			}
-		}
-	}
-	switch kind {
-	case KindDir:
-		return formatDir(path)
-	case KindRaw:
-		return formatRaw(path, opts.Size)
-	}
-	return fmt.Errorf("format %s: unknown region kind %q", path, kind)
-}
-
 // Open opens a formatted region: a directory, or a device or file with
 // the raw layout. It reads only metadata.
 func Open(path string, opts Options) (*Region, error) {
@@ -59,7 +34,7 @@ func Open(path string, opts Options) (*Region, error) {
 	case KindDir:
 		st, err = openDir(path)
 	default:
-		st, err = openRaw(path)
+		st, err = openRaw(path, opts.ReadOnly)
 	}
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -68,7 +43,7 @@ func Open(path string, opts Options) (*Region, error) {
 		return nil, err
 	}
 	return &Region{
-		st: st, path: path, log: opts.logger(),
+		st: st, path: path, log: opts.logger(), readOnly: opts.ReadOnly,
 		writing: map[string]bool{}, names: map[string]bool{},
 	}, nil
 }

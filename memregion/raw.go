@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"os"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,7 +35,7 @@ const (
 //
 //	0  magic "CKPTREG\x00"
 //	8  format uint32
-//	12 flags uint32 (0)
+//	12 flags uint32: none are defined; a region with any set is refused
 //	16 size uint64: device bytes at format time
 //	24 id [16]byte
 //	40 generation uint64: bumped by every seal and release
@@ -47,6 +49,7 @@ var superMagic = [8]byte{'C', 'K', 'P', 'T', 'R', 'E', 'G', 0}
 
 type superblock struct {
 	Format      uint32
+	Flags       uint32
 	Size        uint64
 	ID          [16]byte
 	Generation  uint64
@@ -60,6 +63,7 @@ func (s *superblock) encode() []byte {
 	copy(b, superMagic[:])
 	le := binary.LittleEndian
 	le.PutUint32(b[8:], s.Format)
+	le.PutUint32(b[12:], s.Flags)
 	le.PutUint64(b[16:], s.Size)
 	copy(b[24:40], s.ID[:])
 	le.PutUint64(b[40:], s.Generation)
@@ -84,6 +88,7 @@ func parseSuperblock(b []byte) (*superblock, error) {
 	}
 	s := &superblock{
 		Format:      le.Uint32(b[8:]),
+		Flags:       le.Uint32(b[12:]),
 		Size:        le.Uint64(b[16:]),
 		Generation:  le.Uint64(b[40:]),
 		ManifestOff: le.Uint64(b[48:]),
@@ -94,15 +99,26 @@ func parseSuperblock(b []byte) (*superblock, error) {
 	if s.Format != FormatVersion {
 		return nil, fmt.Errorf("%w: region format %d, this ckpt reads %d", ErrVersion, s.Format, FormatVersion)
 	}
-	if s.Size < uint64(rawMinSize) || s.Size > 1<<56 {
+	if s.Flags != 0 {
+		return nil, fmt.Errorf("%w: superblock has flags %#x this ckpt does not know", ErrVersion, s.Flags)
+	}
+	if s.Size < uint64(rawMinSize) || s.Size > maxRawSize {
 		return nil, fmt.Errorf("%w: superblock records an implausible size %d", ErrCorrupt, s.Size)
 	}
-	if s.ManifestOff != 0 && (s.ManifestOff < uint64(rawDataStart) || s.ManifestLen < manifestHeaderLen ||
-		s.ManifestLen > uint64(maxManifest) || s.ManifestOff+s.ManifestLen > s.Size) {
+	if s.ManifestOff == 0 {
+		return s, nil
+	}
+	if s.ManifestLen > uint64(manifestHeaderLen+maxManifest) {
+		return nil, fmt.Errorf("%w: superblock records a %d-byte manifest, above the %s limit", ErrCorrupt, s.ManifestLen, HumanBytes(manifestHeaderLen+maxManifest))
+	}
+	if s.ManifestOff < uint64(rawDataStart) || s.ManifestLen < manifestHeaderLen || s.ManifestOff > s.Size-s.ManifestLen {
 		return nil, fmt.Errorf("%w: superblock points outside the region", ErrCorrupt)
 	}
 	return s, nil
 }
+
+// maxRawSize bounds the size a superblock may record (64 PiB).
+const maxRawSize = 1 << 56
 
 type rawStore struct {
 	f    *os.File
@@ -119,43 +135,48 @@ func deviceSize(f *os.File) (int64, error) {
 	return f.Seek(0, io.SeekEnd)
 }
 
-func formatRaw(path string, size int64) error {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	have, err := deviceSize(f)
-	if err != nil {
-		return err
-	}
-	if have == 0 && size > 0 {
-		// Reserve the backing store now, so a full filesystem fails the
-		// format instead of a write into the mapping later.
-		if err := unix.Fallocate(int(f.Fd()), 0, 0, size); err != nil {
-			os.Remove(path)
-			return fmt.Errorf("%w: reserving %s for %s: %v", ErrNoSpace, HumanBytes(size), path, err)
-		}
-		have = size
-	}
-	if have < rawMinSize {
-		return fmt.Errorf("%w: %s has %s, a raw region needs at least %s", ErrNoSpace, path, HumanBytes(have), HumanBytes(rawMinSize))
-	}
-	sb := superblock{Format: FormatVersion, Size: uint64(have)}
-	copy(sb.ID[:], mustHex(newID()))
-	if _, err := f.WriteAt(sb.encode(), 0); err != nil {
-		return err
-	}
-	return f.Sync()
-}
-
 func mustHex(s string) []byte {
 	b, _ := hex.DecodeString(s)
 	return b
 }
 
-func openRaw(path string) (*rawStore, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+// openDevice opens a raw region's path, which must be a regular file or
+// a block device: anything else (a FIFO, socket or character device) is
+// refused before it is opened, and again after, without blocking.
+func openDevice(path string, flag int) (*os.File, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if m := fi.Mode(); !m.IsRegular() && (m&fs.ModeDevice == 0 || m&fs.ModeCharDevice != 0) {
+		return nil, &UnsafeError{path, "is " + fileType(uint32(fi.Sys().(*syscall.Stat_t).Mode)) + "; a raw region is a regular file or a block device"}
+	}
+	fd, err := unix.Open(path, flag|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	var st unix.Stat_t
+	err = unix.Fstat(fd, &st)
+	if t := st.Mode & unix.S_IFMT; err == nil && t != unix.S_IFREG && t != unix.S_IFBLK {
+		err = &UnsafeError{path, "is " + fileType(st.Mode) + "; a raw region is a regular file or a block device"}
+	}
+	if err == nil {
+		err = unix.SetNonblock(fd, false)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+// openRaw opens a raw region; read-only, it neither writes nor maps it.
+func openRaw(path string, readOnly bool) (*rawStore, error) {
+	flag := unix.O_RDWR
+	if readOnly {
+		flag = unix.O_RDONLY
+	}
+	f, err := openDevice(path, flag)
 	if err != nil {
 		return nil, err
 	}
@@ -173,15 +194,18 @@ func openRaw(path string) (*rawStore, error) {
 		f.Close()
 		return nil, fmt.Errorf("%w: %s has %d bytes, the region was formatted with %d (different reservation?)", ErrCorrupt, path, have, sb.Size)
 	}
-	m, err := unix.Mmap(int(f.Fd()), 0, int(sb.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
+	s := &rawStore{f: f, path: path, size: int64(sb.Size), sb: *sb, next: rawDataStart}
+	if readOnly {
+		return s, nil
+	}
+	if s.m, err = unix.Mmap(int(f.Fd()), 0, int(sb.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("mmap %s: %w", path, err)
 	}
 	// Huge pages halve the copy's cost where the backing store offers
 	// them (tmpfs huge=advise); elsewhere this is a no-op.
-	_ = unix.Madvise(m, unix.MADV_HUGEPAGE)
-	return &rawStore{f: f, path: path, size: int64(sb.Size), m: m, sb: *sb, next: rawDataStart}, nil
+	_ = unix.Madvise(s.m, unix.MADV_HUGEPAGE)
+	return s, nil
 }
 
 func readSuperblock(f *os.File) (*superblock, error) {
@@ -195,7 +219,10 @@ func readSuperblock(f *os.File) (*superblock, error) {
 func (s *rawStore) kind() string { return "raw" }
 func (s *rawStore) id() string   { return hex.EncodeToString(s.sb.ID[:]) }
 func (s *rawStore) close() error {
-	err := unix.Munmap(s.m)
+	var err error
+	if s.m != nil {
+		err = unix.Munmap(s.m)
+	}
 	if cerr := s.f.Close(); err == nil {
 		err = cerr
 	}
@@ -314,7 +341,7 @@ func (s *rawStore) openObject(o ObjectInfo) (io.ReadCloser, error) {
 	}
 	rs := make([]io.Reader, 0, len(o.Extents))
 	for _, e := range o.Extents {
-		if e.Off < rawDataStart || e.Off+e.Len > s.size {
+		if e.Off < rawDataStart || e.Len < 0 || e.Len > s.size-e.Off {
 			return nil, &ObjectError{o.Name, fmt.Sprintf("missing: extent %d+%d lies outside the region", e.Off, e.Len), ErrCorrupt}
 		}
 		rs = append(rs, io.NewSectionReader(s.f, e.Off, e.Len))
@@ -329,6 +356,9 @@ func (s *rawStore) readManifest() ([]byte, error) {
 	}
 	if sb.ManifestOff == 0 {
 		return nil, ErrNotSealed
+	}
+	if sb.Size != uint64(s.size) {
+		return nil, fmt.Errorf("%w: superblock size changed from %d to %d while open", ErrCorrupt, s.size, sb.Size)
 	}
 	b := make([]byte, sb.ManifestLen)
 	if _, err := s.f.ReadAt(b, int64(sb.ManifestOff)); err != nil {

@@ -51,6 +51,10 @@ type sink interface {
 type Options struct {
 	// Logger receives debug records; nil discards them.
 	Logger *slog.Logger
+	// ReadOnly opens the region O_RDONLY (a write-protected file or
+	// device can be inspected and verified); calls that would change it
+	// fail with ErrReadOnly. Format ignores it.
+	ReadOnly bool
 }
 
 func (o Options) logger() *slog.Logger {
@@ -63,9 +67,10 @@ func (o Options) logger() *slog.Logger {
 // Region is an open ckpt region. Its methods are safe for concurrent use;
 // each ObjectWriter belongs to one goroutine. Close must be called.
 type Region struct {
-	st   store
-	path string
-	log  *slog.Logger
+	st       store
+	path     string
+	log      *slog.Logger
+	readOnly bool
 
 	mu      sync.Mutex
 	writing map[string]bool
@@ -88,6 +93,14 @@ func (r *Region) Path() string { return r.path }
 
 // ID is the region's identity, fixed when it was formatted.
 func (r *Region) ID() string { return r.st.id() }
+
+// writable refuses a change to a region opened read-only.
+func (r *Region) writable(op string) error {
+	if r.readOnly {
+		return fmt.Errorf("%s: %w: %s", op, ErrReadOnly, r.path)
+	}
+	return nil
+}
 
 // Close releases the region's resources; it neither seals nor discards.
 func (r *Region) Close() error { return r.st.close() }
@@ -133,6 +146,9 @@ func (r *Region) Manifest() (*Manifest, error) {
 // place the object in one extent. The region must not hold a committed
 // checkpoint. The writer must be closed (committing the object) or aborted.
 func (r *Region) Create(name string, sizeHint int64) (*ObjectWriter, error) {
+	if err := r.writable("create"); err != nil {
+		return nil, err
+	}
 	if err := validName(name); err != nil {
 		return nil, err
 	}
@@ -179,6 +195,9 @@ func (r *Region) Seal(ctx context.Context, m *Manifest) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if err := r.writable("seal"); err != nil {
+		return err
+	}
 	r.mu.Lock()
 	if n := len(r.writing); n > 0 {
 		r.mu.Unlock()
@@ -222,6 +241,9 @@ func fillIdentity(m *Manifest, id string) {
 // Discard drops the objects written since Open that were not committed —
 // the rollback of a checkpoint in progress. It refuses a sealed region.
 func (r *Region) Discard() error {
+	if err := r.writable("discard"); err != nil {
+		return err
+	}
 	if sealed, err := r.Sealed(); err != nil {
 		return err
 	} else if sealed {
@@ -242,6 +264,9 @@ func (r *Region) Discard() error {
 // workload was restored. The manifest goes first, so an interrupted
 // release leaves no half-valid checkpoint.
 func (r *Region) Release() error {
+	if err := r.writable("release"); err != nil {
+		return err
+	}
 	m, err := r.Manifest()
 	if errors.Is(err, ErrNotSealed) {
 		return nil

@@ -15,7 +15,11 @@ func newRegionFormatCommand(g *globals) *cobra.Command {
 		Short: "Prepare a directory, file or /dev/pmemN to hold a region",
 		Long: `Prepare PATH to hold a region. A directory (tmpfs, /run, a disk) gets the
 directory layout; a block device such as /dev/pmem0 or a file gets the raw layout.
-Refuses to overwrite a committed checkpoint unless --force is given.`,
+Without --force, refuses anything that might hold a checkpoint (a committed
+checkpoint, or a ckpt marker, superblock or manifest that is damaged, of
+another version or unreadable) and says what it found. Refuses paths owned by
+another user and tightens looser modes (0700 directories, 0600 files); a
+failed format leaves an existing path as it was.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if size != "" {
@@ -26,10 +30,10 @@ Refuses to overwrite a committed checkpoint unless --force is given.`,
 				opts.Size = n
 			}
 			if err := memregion.Format(args[0], opts); err != nil {
-				return err
+				return regionError(err)
 			}
 			if !g.json {
-				fmt.Fprintf(cmd.OutOrStdout(), "formatted %s\n", args[0])
+				fmt.Fprintf(cmd.OutOrStdout(), "formatted %s\n", printable(args[0]))
 			}
 			return nil
 		},

@@ -15,14 +15,14 @@ func newRegionReleaseCommand(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, err := memregion.Open(args[0], memregion.Options{Logger: g.logger()})
 			if err != nil {
-				return err
+				return regionError(err)
 			}
 			defer r.Close()
 			if err := r.Release(); err != nil {
-				return err
+				return regionError(err)
 			}
 			if !g.json {
-				fmt.Fprintf(cmd.OutOrStdout(), "released %s\n", args[0])
+				fmt.Fprintf(cmd.OutOrStdout(), "released %s\n", printable(args[0]))
 			}
 			return nil
 		},

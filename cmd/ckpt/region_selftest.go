@@ -29,13 +29,13 @@ func newRegionSelftestCommand(g *globals) *cobra.Command {
 			defer cancel()
 			r, err := memregion.Open(args[0], memregion.Options{Logger: g.logger()})
 			if err != nil {
-				return err
+				return regionError(err)
 			}
 			defer r.Close()
 			start := time.Now()
 			m, err := memregion.WriteSelftest(ctx, r, spec)
 			if err != nil {
-				return err
+				return regionError(err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "selftest checkpoint sealed in %s: %d objects, %s, boot %s\n",
 				args[0], len(m.Objects), memregion.HumanBytes(m.TotalBytes()), m.BootID)
@@ -54,20 +54,20 @@ func newRegionSelftestCommand(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := g.context(cmd)
 			defer cancel()
-			r, err := memregion.Open(args[0], memregion.Options{Logger: g.logger()})
+			r, err := memregion.Open(args[0], memregion.Options{Logger: g.logger(), ReadOnly: true})
 			if err != nil {
-				return err
+				return regionError(err)
 			}
 			defer r.Close()
 			m, err := memregion.CheckSelftest(ctx, r)
 			if err != nil {
-				return fmt.Errorf("region %s refused (nothing was deleted): %w", args[0], err)
+				return regionError(fmt.Errorf("region %s refused (nothing was deleted): %w", args[0], err))
 			}
 			if newBoot && m.BootID == memregion.BootID() {
-				return fmt.Errorf("checkpoint was written in this boot (%s); expected a kexec in between", m.BootID)
+				return regionError(fmt.Errorf("checkpoint was written in this boot (%s); expected a kexec in between", m.BootID))
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "selftest checkpoint intact: %d objects, %s, written by kernel %s boot %s, now kernel %s boot %s\n",
-				len(m.Objects), memregion.HumanBytes(m.TotalBytes()), m.Kernel, m.BootID, memregion.KernelRelease(), memregion.BootID())
+				len(m.Objects), memregion.HumanBytes(m.TotalBytes()), printable(m.Kernel), printable(m.BootID), memregion.KernelRelease(), memregion.BootID())
 			return nil
 		},
 	}
