@@ -2,21 +2,16 @@ package checkpoint
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"runtime"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/memregion"
-	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/semaphore"
 )
 
 // Options configure a suspend. Zero values mean defaults.
@@ -47,6 +42,10 @@ type Options struct {
 	// Kexec is the kernel the caller will kexec into after the suspend
 	// (nil: none, the caller reboots or soft-reboots); the plan checks it.
 	Kexec *kexec.Image
+	// CleanupTimeout bounds each step that must not be cut short by the
+	// caller's ctx and runs on a detached one: rollback, finish, recover
+	// (default DefaultCleanupTimeout).
+	CleanupTimeout time.Duration
 	// Logger receives the engine's logs (default: discard).
 	Logger *slog.Logger
 	// Events receives progress events (may be nil). It is called from
@@ -65,6 +64,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.CleanupTimeout <= 0 {
+		o.CleanupTimeout = DefaultCleanupTimeout
 	}
 	return o
 }
@@ -253,239 +255,30 @@ func (e *PhaseError) Error() string {
 
 func (e *PhaseError) Unwrap() error { return e.Err }
 
-var objName = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
-
-// ObjectPrefix is a workload's directory of objects in the region.
+// ObjectPrefix is a workload's directory of objects in the region:
+// "backend/id" with every byte outside [A-Za-z0-9.-] (and a leading
+// dot) written as _XX, so that two workloads never share a prefix ("web
+// 1" is web_201, "web_1" is web_5f1). The suspend records it in the
+// manifest, where restore reads it.
 func ObjectPrefix(w hypervisors.Workload) string {
-	return objName.ReplaceAllString(w.Backend, "_") + "/" + objName.ReplaceAllString(w.ID, "_")
+	return escapeName(w.Backend) + "/" + escapeName(w.ID)
 }
 
-// Suspend runs a plan: pre-dump (optional), freeze all, dump in parallel,
-// seal, end the originals. Before the seal any failure, a cancelled ctx
-// included, rolls back; after it the checkpoint is committed and the
-// region is what resume-all restores from.
-func Suspend(ctx context.Context, p *Plan) (*Result, error) {
-	opts := p.Options
-	log := opts.Logger
-	if len(p.Problems) > 0 {
-		return nil, &PlanError{Problems: p.Problems}
-	}
-	unlock, err := Lock()
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	if err := RecoverIfNeeded(context.WithoutCancel(ctx), opts.Journal, opts.Backends, log); err != nil {
-		return nil, err
-	}
-	// Nothing may reboot the host while workloads are frozen or half
-	// dumped; the inhibitor is dropped when Suspend returns (the kexec
-	// that follows is ckpt's own).
-	release, err := InhibitShutdown(ctx, "suspending every workload into the preserved region")
-	if errors.Is(err, ErrNoLogind) {
-		log.Debug("no shutdown inhibitor", "reason", err)
-	} else if err != nil {
-		return nil, err
-	}
-	defer release()
-	r, err := memregion.Open(opts.Region, memregion.Options{Logger: log})
-	if err != nil {
-		return nil, &PhaseError{Phase: "open region", Err: err}
-	}
-	defer r.Close()
-	res := &Result{RegionID: r.ID(), Concurrency: opts.Concurrency, Bandwidth: opts.measured, Phases: map[string]float64{}}
-	phase := func(name string, start time.Time) { res.Phases[name] = time.Since(start).Seconds() }
-
-	j := &Journal{Path: opts.Journal, Region: opts.Region, State: StateFreezing}
-	for _, pl := range p.Workloads {
-		j.Workloads = append(j.Workloads, pl.Workload)
-	}
-	if err := j.Save(); err != nil {
-		return nil, &PhaseError{Phase: "journal", Err: err}
-	}
-
-	frozen := make([]bool, len(p.Workloads))
-	frozenAt := make([]time.Time, len(p.Workloads))
-	rollback := func(ph, key string, cause error) error {
-		if cerr := ctx.Err(); cerr != nil {
-			// Interrupted (Ctrl-C, SIGTERM) or timed out: that is the
-			// cause, not the workload whose call it happened to cut.
-			if key != "" {
-				log.Debug("cut short by the cancel", "workload", key, "err", cause)
-			}
-			key, cause = "", fmt.Errorf("%w: interrupted or timed out, before the commit", cerr)
-		}
-		opts.emit(Event{Phase: "rollback", Workload: key, Error: cause.Error()})
-		log.Warn("rolling back", "phase", ph, "workload", key, "err", cause)
-		rctx := context.WithoutCancel(ctx) // a cancelled ctx must not stop the thaw
-		var errs []error
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		for i, pl := range p.Workloads {
-			if !frozen[i] {
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if err := pl.backend.Thaw(rctx, pl.Workload); err != nil {
-					mu.Lock()
-					errs = append(errs, fmt.Errorf("thaw %s: %w", pl.Key, err))
-					mu.Unlock()
-				}
-			}()
-		}
-		wg.Wait()
-		if err := r.Discard(); err != nil { // after the thaws: see hypervisors.Backend.Thaw
-			errs = append(errs, fmt.Errorf("discard region: %w", err))
-		}
-		rb := errors.Join(errs...)
-		if rb == nil {
-			j.Remove()
-		}
-		return &PhaseError{Phase: ph, Workload: key, Err: cause, Rollback: rb}
-	}
-
-	if opts.PreDump {
-		start := time.Now()
-		for _, pl := range p.Workloads {
-			pd, ok := pl.backend.(hypervisors.PreDumper)
-			if !ok {
-				continue
-			}
-			err := pd.PreDump(ctx, pl.Workload, hypervisors.RegionSink{Region: r, Prefix: ObjectPrefix(pl.Workload)})
-			if errors.Is(err, hypervisors.ErrNotSupported) {
-				log.Info("no pre-dump", "workload", pl.Key, "reason", err)
-				continue
-			}
-			if err != nil {
-				return nil, rollback("pre-dump", pl.Key, err)
-			}
-			opts.emit(Event{Phase: "predump", Workload: pl.Key})
-		}
-		phase("predump", start)
-	}
-
-	// Freeze all, close together.
-	start := time.Now()
-	{
-		g, gctx := errgroup.WithContext(ctx)
-		var failed struct {
-			sync.Mutex
-			key string
-		}
-		var mu sync.Mutex
-		for i, pl := range p.Workloads {
-			g.Go(func() error {
-				if err := pl.backend.Freeze(gctx, pl.Workload); err != nil {
-					failed.Lock()
-					if failed.key == "" {
-						failed.key = pl.Key
-					}
-					failed.Unlock()
-					return err
-				}
-				mu.Lock()
-				frozen[i], frozenAt[i] = true, time.Now()
-				mu.Unlock()
-				opts.emit(Event{Phase: "freeze", Workload: pl.Key})
-				return nil
-			})
-		}
-		if err := g.Wait(); err != nil {
-			return nil, rollback("freeze", failed.key, err)
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, rollback("freeze", "", err)
+func escapeName(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		plain := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' && i > 0
+		if plain {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "_%02x", c)
 		}
 	}
-	j.State = StateFrozen
-	if err := j.Save(); err != nil {
-		return nil, rollback("journal", "", err)
+	if b.Len() == 0 {
+		return "_"
 	}
-	phase("freeze", start)
-
-	// Dump in parallel, largest first, limited in bytes.
-	start = time.Now()
-	records := make([]memregion.WorkloadRecord, len(p.Workloads))
-	res.Workloads = make([]WorkloadResult, len(p.Workloads))
-	stopProgress := watchProgress(r, p.Bytes, opts)
-	err = dumpAll(ctx, p, r, records, res.Workloads)
-	stopProgress()
-	if err != nil {
-		var de *dumpError
-		if errors.As(err, &de) {
-			return nil, rollback("dump", de.key, de.err)
-		}
-		return nil, rollback("dump", "", err)
-	}
-	dumpTook := time.Since(start)
-	phase("dump", start)
-
-	// Seal: the commit point.
-	start = time.Now()
-	if err := ctx.Err(); err != nil {
-		return nil, rollback("seal", "", err)
-	}
-	for i := range records {
-		res.Bytes += res.Workloads[i].Bytes
-	}
-	res.GBps = float64(res.Bytes) / dumpTook.Seconds() / 1e9
-	if res.Bytes > 0 {
-		lr := lastRun{Time: time.Now(), Bytes: res.Bytes, DumpGBps: res.GBps, Concurrency: opts.Concurrency, DryRun: opts.DryRun}
-		if err := saveLastRun(opts.Journal, lr); err != nil {
-			log.Warn("recording the dump rate", "err", err)
-		}
-	}
-	if opts.DryRun {
-		now := time.Now()
-		for i := range res.Workloads {
-			res.Workloads[i].FrozenS = now.Sub(frozenAt[i]).Seconds()
-		}
-		var pe *PhaseError
-		if err := rollback("dry run", "", errors.New("dry run")); errors.As(err, &pe) && pe.Rollback != nil {
-			return res, pe.Rollback
-		}
-		phase("rollback", now)
-		return res, nil
-	}
-	attrs := map[string]string{"concurrency": fmt.Sprint(opts.Concurrency), "dump_gbps": fmt.Sprintf("%.3f", res.GBps)}
-	for k, v := range opts.Attributes {
-		attrs[k] = v
-	}
-	m := &memregion.Manifest{Workloads: records, Attributes: attrs}
-	if err := r.Seal(ctx, m); err != nil {
-		return nil, rollback("seal", "", err)
-	}
-	sealedAt := time.Now()
-	phase("seal", start)
-	opts.emit(Event{Phase: "seal", Bytes: res.Bytes})
-	j.State = StateCommitted
-	if err := j.Save(); err != nil {
-		log.Error("journal", "err", err)
-	}
-	for i := range res.Workloads {
-		res.Workloads[i].FrozenS = sealedAt.Sub(frozenAt[i]).Seconds()
-	}
-
-	// End the originals; their only copy is now the region.
-	start = time.Now()
-	var finishErrs []error
-	fctx := context.WithoutCancel(ctx)
-	for i, pl := range p.Workloads {
-		if err := pl.backend.Finish(fctx, pl.Workload); err != nil {
-			finishErrs = append(finishErrs, fmt.Errorf("finish %s: %w", pl.Key, err))
-			continue
-		}
-		res.Workloads[i].FinishOK = true
-		opts.emit(Event{Phase: "finish", Workload: pl.Key})
-	}
-	phase("finish", start)
-	opts.emit(Event{Phase: "done", Bytes: res.Bytes})
-	if err := errors.Join(finishErrs...); err != nil {
-		return res, fmt.Errorf("checkpoint committed, but some originals still exist (stop them before resume-all): %w", err)
-	}
-	return res, nil
+	return b.String()
 }
 
 // ProgressInterval is how often "progress" events report the dump.
@@ -529,61 +322,4 @@ func watchProgress(r *memregion.Region, total int64, opts Options) (stop func())
 		}
 	}()
 	return func() { close(done); <-exited }
-}
-
-type dumpError struct {
-	key string
-	err error
-}
-
-func (e *dumpError) Error() string { return e.key + ": " + e.err.Error() }
-func (e *dumpError) Unwrap() error { return e.err }
-
-// dumpAll dumps every workload with at most Concurrency at once and a
-// byte budget of the Concurrency largest workloads, in plan order
-// (largest first). The first failure cancels the others.
-func dumpAll(ctx context.Context, p *Plan, r *memregion.Region, records []memregion.WorkloadRecord, results []WorkloadResult) error {
-	opts := p.Options
-	var budget int64
-	for i, pl := range p.Workloads {
-		if i < opts.Concurrency {
-			budget += max(pl.Bytes, 1)
-		}
-	}
-	budget = max(budget, 1)
-	sem := semaphore.NewWeighted(budget)
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(opts.Concurrency)
-	for i, pl := range p.Workloads {
-		weight := min(max(pl.Bytes, 1), budget)
-		if err := sem.Acquire(gctx, weight); err != nil {
-			break // a dump failed or ctx is done; g.Wait reports it
-		}
-		g.Go(func() error {
-			defer sem.Release(weight)
-			start := time.Now()
-			pre := ObjectPrefix(pl.Workload)
-			recipe, err := pl.backend.Dump(gctx, pl.Workload, hypervisors.RegionSink{Region: r, Prefix: pre})
-			if err != nil {
-				return &dumpError{key: pl.Key, err: err}
-			}
-			var objs []string
-			var n int64
-			for _, o := range r.Objects() {
-				if strings.HasPrefix(o.Name, pre+"/") {
-					objs = append(objs, o.Name)
-					n += o.Size
-				}
-			}
-			w := pl.Workload
-			records[i] = memregion.WorkloadRecord{ID: w.ID, Kind: w.Kind, Backend: w.Backend, MemoryBytes: w.MemoryBytes, Objects: objs, Restore: recipe}
-			results[i] = WorkloadResult{Key: pl.Key, Bytes: n, DumpS: time.Since(start).Seconds()}
-			opts.emit(Event{Phase: "dump", Workload: pl.Key, Bytes: n, Elapsed: time.Since(start).Seconds()})
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	return ctx.Err()
 }

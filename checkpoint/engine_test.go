@@ -1,11 +1,13 @@
 package checkpoint_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -29,8 +31,18 @@ type fake struct {
 	ws   map[string]*fakeWorkload
 	// failDump / failRestore name a workload whose Dump / Restore fails.
 	failDump, failRestore string
+	// freezeLate names a workload whose Freeze takes effect but returns an
+	// error (a QMP "stop" whose answer was cut short).
+	freezeLate string
+	// endsOnDump names a workload whose Dump ends it (CRIU's TCP path):
+	// it records a rescue first; onRescue sees the journal at that point.
+	endsOnDump string
+	onRescue   func()
+	// thawErr is what Thaw returns (a timeout, say) instead of thawing.
+	thawErr error
 	// dumpDelay makes every dump take this long (to observe concurrency).
 	dumpDelay time.Duration
+	revived   []string
 	inFlight  atomic.Int32
 	maxFlight atomic.Int32
 	order     []string // dump start order
@@ -85,9 +97,32 @@ func (f *fake) state(id string) string {
 }
 
 func (f *fake) Freeze(_ context.Context, w hypervisors.Workload) error {
-	return f.set(w.ID, "running", "frozen")
+	if err := f.set(w.ID, "running", "frozen"); err != nil {
+		return err
+	}
+	if w.ID == f.freezeLate {
+		return context.DeadlineExceeded
+	}
+	return nil
 }
 func (f *fake) Thaw(_ context.Context, w hypervisors.Workload) error {
+	if f.thawErr != nil {
+		return f.thawErr
+	}
+	return f.set(w.ID, "", "running")
+}
+
+var _ hypervisors.Reviver = (*fake)(nil)
+
+// Revive brings back a workload its dump ended from the rescue record.
+func (f *fake) Revive(_ context.Context, w hypervisors.Workload, record json.RawMessage) error {
+	var r struct{ Ended string }
+	if err := json.Unmarshal(record, &r); err != nil || r.Ended != w.ID {
+		return fmt.Errorf("bad rescue record %s", record)
+	}
+	f.mu.Lock()
+	f.revived = append(f.revived, w.ID)
+	f.mu.Unlock()
 	return f.set(w.ID, "", "running")
 }
 func (f *fake) Finish(_ context.Context, w hypervisors.Workload) error {
@@ -114,6 +149,15 @@ func (f *fake) Dump(ctx context.Context, w hypervisors.Workload, dst hypervisors
 	}
 	if w.ID == f.failDump {
 		return nil, errors.New("injected dump failure")
+	}
+	if w.ID == f.endsOnDump {
+		if err := hypervisors.RecordRescue(dst, json.RawMessage(fmt.Sprintf(`{"Ended":%q}`, w.ID))); err != nil {
+			return nil, err
+		}
+		if f.onRescue != nil {
+			f.onRescue()
+		}
+		f.set(w.ID, "frozen", "ended")
 	}
 	o, err := dst.Create("mem", size)
 	if err != nil {
@@ -557,5 +601,99 @@ func TestPrepareBeforeResume(t *testing.T) {
 	st := restore.ReadState(e.state)
 	if st == nil || !strings.Contains(st.Failed["a/y"], "injected restore failure") || len(st.Restored) != 2 {
 		t.Fatalf("resume state %+v: want a/y failed with its reason, two restored", st)
+	}
+}
+
+// TestRollbackThawsEveryTriedFreeze: a freeze whose call failed may still
+// have taken effect; the rollback thaws it too.
+func TestRollbackThawsEveryTriedFreeze(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := newFake("a", map[string]int64{"x": 1 << 20, "y": 1 << 20})
+	a.freezeLate = "y"
+	_, err := suspend(t, context.Background(), e.opts(a))
+	var pe *checkpoint.PhaseError
+	if !errors.As(err, &pe) || pe.Phase != "freeze" || pe.Rollback != nil {
+		t.Fatalf("err = %v; want a freeze failure, rolled back", err)
+	}
+	for _, id := range []string{"x", "y"} {
+		if st := a.state(id); st != "running" {
+			t.Errorf("%s is %s after the rollback", id, st)
+		}
+	}
+}
+
+// TestRecoverKeepsFailedThaws: a thaw that fails for any reason but "no
+// such workload" (a timeout here) keeps the journal, so the workload is
+// not forgotten; a later recover finishes the job.
+func TestRecoverKeepsFailedThaws(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := newFake("a", map[string]int64{"x": 1 << 20})
+	a.set("x", "running", "frozen")
+	j := &checkpoint.Journal{Path: e.journal, Region: e.region, State: checkpoint.StateFrozen,
+		Workloads: []hypervisors.Workload{{ID: "x", Backend: "a"}}, Freezes: []string{"a/x"}}
+	if err := j.Save(); err != nil {
+		t.Fatal(err)
+	}
+	a.thawErr = fmt.Errorf("runc state: %w", context.DeadlineExceeded)
+	if _, err := checkpoint.Recover(context.Background(), e.journal, []hypervisors.Backend{a}, nil); err == nil {
+		t.Fatal("Recover succeeded although the thaw timed out")
+	}
+	if j, _ := checkpoint.ReadJournal(e.journal); j == nil {
+		t.Fatal("the journal of a frozen workload was dropped")
+	}
+	a.thawErr = nil
+	if back, err := checkpoint.Recover(context.Background(), e.journal, []hypervisors.Backend{a}, nil); err != nil || len(back) != 1 || a.state("x") != "running" {
+		t.Fatalf("second Recover = %v, %v; x is %s", back, err, a.state("x"))
+	}
+}
+
+// TestCrashAfterDumpEndedWorkloadIsRevived: a dump that ends its workload
+// records the rescue in the on-disk journal before it goes on. A ckpt
+// killed from then on (the journal as it was then) leaves a recover that
+// brings the workload back through the backend's Revive.
+func TestCrashAfterDumpEndedWorkloadIsRevived(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := newFake("a", map[string]int64{"x": 1 << 20, "y": 1 << 20})
+	a.endsOnDump, a.failDump = "x", "y"
+	var atKill []byte
+	a.onRescue = func() { atKill, _ = os.ReadFile(e.journal) }
+	a.dumpDelay = 50 * time.Millisecond
+	if _, err := suspend(t, context.Background(), e.opts(a)); err == nil {
+		t.Fatal("suspend succeeded")
+	}
+	if !bytes.Contains(atKill, []byte(`"rescues"`)) {
+		t.Fatalf("the journal did not hold the rescue when the dump went on:\n%s", atKill)
+	}
+	// Replay the crash: the journal as it was, the workload ended.
+	a.revived = nil
+	a.set("x", "", "ended")
+	a.set("y", "", "frozen")
+	if err := os.WriteFile(e.journal, atKill, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	back, err := checkpoint.Recover(context.Background(), e.journal, []hypervisors.Backend{a}, nil)
+	if err != nil || len(back) != 2 || !slices.Equal(a.revived, []string{"x"}) {
+		t.Fatalf("Recover = %v, %v; revived %v", back, err, a.revived)
+	}
+	if a.state("x") != "running" || a.state("y") != "running" {
+		t.Fatalf("after recover x is %s, y is %s", a.state("x"), a.state("y"))
+	}
+}
+
+// TestObjectPrefixOneToOne: distinct workloads never share a prefix, and
+// no prefix leaves its backend's directory.
+func TestObjectPrefixOneToOne(t *testing.T) {
+	ids := []string{"web 1", "web_1", "web/1", "web%1", ".", "..", "", ".hidden", "_", "_5f", "x.y", "ünï"}
+	seen := map[string]string{}
+	for _, id := range ids {
+		p := checkpoint.ObjectPrefix(hypervisors.Workload{Backend: "criu", ID: id})
+		dir, leaf, _ := strings.Cut(p, "/")
+		if dir != "criu" || leaf == "" || leaf == "." || leaf == ".." || strings.Contains(leaf, "/") {
+			t.Errorf("prefix of %q is %q", id, p)
+		}
+		if other, dup := seen[p]; dup {
+			t.Errorf("%q and %q share the prefix %q", id, other, p)
+		}
+		seen[p] = id
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
@@ -35,6 +36,13 @@ type Journal struct {
 	Region    string                 `json:"region"`
 	State     string                 `json:"state"`
 	Workloads []hypervisors.Workload `json:"workloads"`
+	// Freezes are the workloads (keys) whose freeze was issued, recorded
+	// before it was: recover undoes each of them.
+	Freezes []string `json:"freezes,omitempty"`
+	// Rescues are what a backend recorded before a dump that ends its
+	// workload (hypervisors.Rescuer), by key: recover hands them to the
+	// backend's Revive.
+	Rescues map[string]json.RawMessage `json:"rescues,omitempty"`
 }
 
 // Save writes the journal atomically and durably.
@@ -91,9 +99,12 @@ func ReadJournal(path string) (*Journal, error) {
 	return j, nil
 }
 
-// Recover thaws every workload a crashed suspend left frozen (a journal
-// before the commit point) and removes the journal. A committed journal
-// is left for resume-all. It returns what it thawed.
+// Recover undoes what a crashed suspend left (a journal before the commit
+// point): every freeze it issued is thawed, and a workload whose dump
+// ended it is brought back from its images (hypervisors.Reviver). The
+// journal is removed only when all of that succeeded; a committed one is
+// left for resume-all. It runs on ctx without its cancel, bounded by
+// DefaultCleanupTimeout, and returns what it brought back.
 func Recover(ctx context.Context, path string, backends []hypervisors.Backend, log *slog.Logger) ([]string, error) {
 	unlock, err := Lock()
 	if err != nil {
@@ -110,44 +121,63 @@ func recoverLocked(ctx context.Context, path string, backends []hypervisors.Back
 		log = slog.New(slog.DiscardHandler)
 	}
 	j, err := ReadJournal(path)
-	if err != nil || j == nil {
+	if err != nil || j == nil || j.State == StateCommitted {
 		return nil, err
 	}
-	if j.State == StateCommitted {
-		return nil, nil
-	}
-	if j.BootID != bootID() {
-		// Frozen processes do not survive a reboot: nothing to thaw.
-		return nil, j.Remove()
-	}
+	ctx, cancel := detached(ctx, DefaultCleanupTimeout)
+	defer cancel()
 	byName := map[string]hypervisors.Backend{}
 	for _, b := range backends {
 		byName[b.Name()] = b
 	}
-	var thawed []string
+	// Frozen processes do not survive a reboot; a workload its dump
+	// ended may, in images on disk.
+	sameBoot := j.BootID == bootID()
+	var back []string
 	var errs []error
 	for _, w := range j.Workloads {
-		b := byName[w.Backend]
-		if b == nil {
-			errs = append(errs, fmt.Errorf("%s: backend %s is not loaded", Key(w), w.Backend))
+		k := Key(w)
+		rescue, rescued := j.Rescues[k]
+		if !rescued && (!sameBoot || !j.froze(k)) {
 			continue
 		}
-		err := b.Thaw(ctx, w)
-		if errors.Is(err, hypervisors.ErrNotFound) {
-			log.Warn("recover: workload is gone", "workload", Key(w), "err", err)
+		b := byName[w.Backend]
+		if b == nil {
+			errs = append(errs, fmt.Errorf("%s: backend %s is not loaded", k, w.Backend))
+			continue
+		}
+		err := undoFreeze(ctx, b, w, rescue)
+		if errors.Is(err, hypervisors.ErrNotFound) && !rescued {
+			log.Warn("recover: workload is gone", "workload", k, "err", err)
 			continue
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("thaw %s: %w", Key(w), err))
+			errs = append(errs, fmt.Errorf("recover %s: %w", k, err))
 			continue
 		}
-		log.Info("recover: thawed", "workload", Key(w))
-		thawed = append(thawed, Key(w))
+		log.Info("recover: running again", "workload", k)
+		back = append(back, k)
 	}
 	if err := errors.Join(errs...); err != nil {
-		return thawed, err
+		return back, err
 	}
-	return thawed, j.Remove()
+	return back, j.Remove()
+}
+
+// froze says whether the journal's run may have issued a freeze of key.
+// A journal without the list (a crash in the pre-dump, or an older ckpt)
+// counts as all: a thaw of a running workload is harmless, a frozen one
+// left so is not.
+func (j *Journal) froze(key string) bool {
+	return j.Freezes == nil || slices.Contains(j.Freezes, key)
+}
+
+// undoFreeze thaws w, or revives it from its rescue record.
+func undoFreeze(ctx context.Context, b hypervisors.Backend, w hypervisors.Workload, rescue json.RawMessage) error {
+	if rv, ok := b.(hypervisors.Reviver); ok && rescue != nil {
+		return rv.Revive(ctx, w, rescue)
+	}
+	return b.Thaw(ctx, w)
 }
 
 // RecoverIfNeeded runs Recover when a crashed run left a journal; the
@@ -158,7 +188,7 @@ func RecoverIfNeeded(ctx context.Context, path string, backends []hypervisors.Ba
 		return err
 	}
 	if log != nil {
-		log.Warn("a previous suspend did not finish; thawing what it froze", "pid", j.PID, "state", j.State)
+		log.Warn("a previous suspend did not finish; undoing what it froze", "pid", j.PID, "state", j.State)
 	}
 	_, err = recoverLocked(ctx, path, backends, log)
 	return err

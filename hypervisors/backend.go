@@ -101,3 +101,28 @@ type DirectSource interface {
 type BootPreparer interface {
 	PrepareBoot(ctx context.Context, w Workload, recipe json.RawMessage) error
 }
+
+// Rescuer is implemented by the engine's sinks. A Dump that is about to
+// end its workload (CRIU's --tcp-established) first records, with
+// RecordRescue, how to bring the workload back from what the dump
+// writes: the engine journals it on disk, so that a suspend killed at any
+// later moment can still be undone (Reviver). The record is the
+// backend's own JSON.
+type Rescuer interface {
+	RecordRescue(record json.RawMessage) error
+}
+
+// RecordRescue calls dst's RecordRescue where dst is a Rescuer.
+func RecordRescue(dst ObjectSink, record json.RawMessage) error {
+	if r, ok := dst.(Rescuer); ok {
+		return r.RecordRescue(record)
+	}
+	return nil
+}
+
+// Reviver undoes, after a crash, a freeze whose Dump recorded a rescue:
+// a workload that still exists is thawed; one the dump ended is restored
+// from the record. It must be harmless when repeated.
+type Reviver interface {
+	Revive(ctx context.Context, w Workload, record json.RawMessage) error
+}

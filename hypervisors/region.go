@@ -1,6 +1,7 @@
 package hypervisors
 
 import (
+	"encoding/json"
 	"io"
 	"path"
 	"sort"
@@ -13,6 +14,16 @@ import (
 type RegionSink struct {
 	Region *memregion.Region
 	Prefix string // e.g. "criu/web-1"
+	// Rescue journals a rescue record (see Rescuer); nil drops it.
+	Rescue func(record json.RawMessage) error
+}
+
+// RecordRescue implements Rescuer.
+func (s RegionSink) RecordRescue(record json.RawMessage) error {
+	if s.Rescue == nil {
+		return nil
+	}
+	return s.Rescue(record)
 }
 
 // Create implements ObjectSink.
@@ -46,6 +57,7 @@ func (s RegionSource) Open(name string) (io.ReadCloser, error) {
 
 var (
 	_ DirectSink   = RegionSink{}
+	_ Rescuer      = RegionSink{}
 	_ DirectSource = RegionSource{}
 )
 

@@ -45,12 +45,15 @@ type Extent struct {
 // WorkloadRecord is what a backend needs to restore one workload: the
 // objects that hold its state and an opaque, backend-defined recipe.
 type WorkloadRecord struct {
-	ID          string          `json:"id"`
-	Kind        string          `json:"kind"`
-	Backend     string          `json:"backend"`
-	MemoryBytes int64           `json:"memory_bytes,omitempty"`
-	Objects     []string        `json:"objects,omitempty"`
-	Restore     json.RawMessage `json:"restore,omitempty"`
+	ID          string `json:"id"`
+	Kind        string `json:"kind"`
+	Backend     string `json:"backend"`
+	MemoryBytes int64  `json:"memory_bytes,omitempty"`
+	// Prefix is the workload's directory of objects, as the suspend
+	// chose it: a restore reads it rather than recomputing it.
+	Prefix  string          `json:"prefix,omitempty"`
+	Objects []string        `json:"objects,omitempty"`
+	Restore json.RawMessage `json:"restore,omitempty"`
 }
 
 // Object returns the named object's info.

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"sync"
@@ -213,7 +214,7 @@ func ResumeAll(ctx context.Context, opts Options) (*Result, error) {
 					return nil
 				}
 				w := hypervisors.Workload{ID: rec.ID, Kind: rec.Kind, Backend: rec.Backend, MemoryBytes: rec.MemoryBytes}
-				src := hypervisors.RegionSource{Region: r, Manifest: m, Prefix: checkpoint.ObjectPrefix(w)}
+				src := hypervisors.RegionSource{Region: r, Manifest: m, Prefix: recordPrefix(rec, w)}
 				err := b.Restore(ctx, w, rec.Restore, src)
 				done(k, time.Since(t0), err)
 				return nil
@@ -295,4 +296,17 @@ func writeState(path string, st state) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// legacyName is how manifests without a prefix (before ckpt recorded it)
+// named a workload's objects.
+var legacyName = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
+
+// recordPrefix is the workload's object prefix as its suspend recorded
+// it; manifests written before the prefix was recorded used legacyName.
+func recordPrefix(rec memregion.WorkloadRecord, w hypervisors.Workload) string {
+	if rec.Prefix != "" {
+		return rec.Prefix
+	}
+	return legacyName.ReplaceAllString(w.Backend, "_") + "/" + legacyName.ReplaceAllString(w.ID, "_")
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -41,7 +42,12 @@ func Run(t *testing.T, h Harness) {
 	}
 	t.Run("Discover", func(t *testing.T) { testDiscover(t, h) })
 	t.Run("FreezeThaw", func(t *testing.T) { testFreezeThaw(t, h) })
+	t.Run("ThawTwice", func(t *testing.T) { testThawTwice(t, h) })
 	t.Run("DumpThenRollback", func(t *testing.T) { testDumpRollback(t, h) })
+	t.Run("CancelMidFreeze", func(t *testing.T) { testCancelFreeze(t, h) })
+	for _, after := range []time.Duration{0, 20 * time.Millisecond, 200 * time.Millisecond} {
+		t.Run(fmt.Sprintf("CancelMidDump/%s", after), func(t *testing.T) { testCancelDump(t, h, after) })
+	}
 	// Both layouts: a dir region lets backends write files in place
 	// (DirectSink), the raw layout (pmem) makes them stream objects.
 	for _, kind := range []string{memregion.KindDir, memregion.KindRaw} {
@@ -122,6 +128,77 @@ func testFreezeThaw(t *testing.T, h Harness) {
 		t.Fatalf("Thaw: %v", err)
 	}
 	Advancing(t, p, frozenAt)
+	p.Intact(t)
+}
+
+// testThawTwice: Thaw is idempotent, so a rollback that is repeated (a
+// recover after a crashed rollback) is harmless.
+func testThawTwice(t *testing.T, h Harness) {
+	ctx := h.ctx(t)
+	id, p := h.Start(t)
+	w := find(t, ctx, h.Backend, id)
+	if err := h.Backend.Freeze(ctx, w); err != nil {
+		t.Fatalf("Freeze: %v", err)
+	}
+	frozenAt := p.Counter(t)
+	for i := range 2 {
+		if err := h.Backend.Thaw(ctx, w); err != nil {
+			t.Fatalf("Thaw #%d: %v", i+1, err)
+		}
+	}
+	Advancing(t, p, frozenAt)
+	p.Intact(t)
+}
+
+// testCancelFreeze: a Freeze whose ctx ends while it runs may or may not
+// have taken effect; a Thaw afterwards leaves the workload running.
+func testCancelFreeze(t *testing.T, h Harness) {
+	id, p := h.Start(t)
+	w := find(t, h.ctx(t), h.Backend, id)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { time.Sleep(time.Millisecond); cancel() }()
+	err := h.Backend.Freeze(ctx, w)
+	t.Logf("Freeze cut short: %v", err)
+	if err := h.Backend.Thaw(h.ctx(t), w); err != nil {
+		t.Fatalf("Thaw: %v", err)
+	}
+	runsOn(t, p)
+}
+
+// testCancelDump: a Dump whose ctx ends after a while returns only when
+// every tool it started has stopped; the rollback's Thaw (twice: it may
+// be repeated) then leaves the workload running for good, still managed
+// by its runtime, and nothing refreezes it later.
+func testCancelDump(t *testing.T, h Harness, after time.Duration) {
+	id, p := h.Start(t)
+	w := find(t, h.ctx(t), h.Backend, id)
+	r := newRegion(t, memregion.KindDir)
+	if err := h.Backend.Freeze(h.ctx(t), w); err != nil {
+		t.Fatalf("Freeze: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(after, cancel)
+	_, err := h.Backend.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: w.ID})
+	t.Logf("Dump cancelled after %s: %v", after, err)
+	for i := range 2 {
+		if err := h.Backend.Thaw(h.ctx(t), w); err != nil {
+			t.Fatalf("Thaw #%d: %v", i+1, err)
+		}
+	}
+	if err := r.Discard(); err != nil {
+		t.Fatal(err)
+	}
+	runsOn(t, p)
+	find(t, h.ctx(t), h.Backend, id) // its runtime still manages it
+}
+
+// runsOn checks that the workload runs, and still runs a second later
+// (a tool left behind could refreeze it when it ends).
+func runsOn(t *testing.T, p Probe) {
+	t.Helper()
+	c := Advancing(t, p, p.Counter(t))
+	time.Sleep(time.Second)
+	Advancing(t, p, c)
 	p.Intact(t)
 }
 

@@ -2,6 +2,7 @@ package criu
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -49,6 +50,17 @@ func cgroupOfPath(p string) (*cgroup, error) {
 		return cgroupV2(p)
 	}
 	return cgroupV1(cgroup1.StaticPath(p), p)
+}
+
+// cgroupExists says whether the cgroup at path (below the hierarchy
+// roots) still exists; false only when it is surely gone.
+func cgroupExists(p string) bool {
+	dir := filepath.Join(cgroupRoot, p)
+	if cgroups.Mode() != cgroups.Unified {
+		dir = filepath.Join(cgroupRoot, "freezer", p)
+	}
+	_, err := os.Stat(dir)
+	return !errors.Is(err, os.ErrNotExist)
 }
 
 func cgroupV1(path cgroup1.Path, freezerPath string) (*cgroup, error) {
@@ -104,6 +116,29 @@ func (c *cgroup) Freeze(ctx context.Context) error {
 	}
 }
 
+// ThawVerified thaws and returns only once the cgroup is thawed for good:
+// no CRIU holds one of its tasks (a CRIU ending later would write back
+// the freezer state it found) and the freezer reports it thawed.
+func (c *cgroup) ThawVerified(ctx context.Context, grace time.Duration) error {
+	if err := c.Thaw(); err != nil {
+		return err
+	}
+	if err := waitUntraced(ctx, c.pidList(), grace); err != nil {
+		return fmt.Errorf("thaw: %w", err)
+	}
+	if err := c.Thaw(); err != nil { // again: a CRIU that just ended may have refrozen it
+		return err
+	}
+	frozen, err := c.Frozen()
+	if err != nil {
+		return err
+	}
+	if frozen {
+		return fmt.Errorf("thaw: %s still reports frozen", c.freezeFile)
+	}
+	return nil
+}
+
 // Thaw resumes the cgroup's tasks.
 func (c *cgroup) Thaw() error {
 	if c.v2 != nil {
@@ -138,6 +173,12 @@ func (c *cgroup) MemoryBytes() (int64, error) {
 		return 0, err
 	}
 	return int64(st.GetMemory().GetUsage().GetUsage()), nil
+}
+
+// pidList is Pids without the error (nil then).
+func (c *cgroup) pidList() []int {
+	pids, _ := c.Pids()
+	return pids
 }
 
 // Pids lists the processes in the cgroup and its children.

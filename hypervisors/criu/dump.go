@@ -100,19 +100,24 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 		}
 		args = append(args, "--parent-path", rel)
 	}
+	rec := recipe{Runtime: "runc", Root: r.cfg.RuncRoot, ID: w.ID, Bundle: st.Bundle, TCP: len(conns) > 0, Locks: hostConns(conns)}
+	if len(conns) > 0 {
+		// The dump ends the container; from then on its only copy is
+		// img: say so before CRIU runs.
+		if err := r.willEnd(w, &ended{Rec: rec, Img: img, Cleanup: append(cleanup, dir)}, dst); err != nil {
+			return nil, err
+		}
+		keep = true // even if CRIU fails: Thaw and Revive decide
+	}
 	start := time.Now()
-	if _, err := r.runc(ctx, append(args, w.ID)...); err != nil {
-		if direct {
+	if _, err := r.runcCRIU(ctx, r.tasks(ctx, w), append(args, w.ID)...); err != nil {
+		if direct && len(conns) == 0 {
 			os.RemoveAll(img)
 		}
 		return nil, &CRIUError{Op: "dump", Workload: w.ID, Log: logTail(filepath.Join(work, "dump.log"), 15), Err: err}
 	}
 	criuTook := time.Since(start)
-	rec := recipe{Runtime: "runc", Root: r.cfg.RuncRoot, ID: w.ID, Bundle: st.Bundle, TCP: len(conns) > 0, Locks: hostConns(conns)}
 	if len(conns) > 0 {
-		// The container is gone; from here on its only copy is img.
-		keep = true
-		r.ended.put(w.ID, &ended{rec: rec, img: img, cleanup: append(cleanup, dir)})
 		r.log.Info("dumped with its TCP connections; the container ended with the dump", "workload", w.ID, "connections", len(conns))
 	}
 	rec.Stats = dumpStats(work) // runc has CRIU write stats-dump into the work dir
@@ -155,6 +160,19 @@ func (r *Runtime) connections(ctx context.Context, w hypervisors.Workload) ([]tc
 		return nil, fmt.Errorf("processes of %s: %w", w.ID, err)
 	}
 	return establishedTCP(pids)
+}
+
+// tasks returns a function listing w's tasks now (nil when its cgroup
+// cannot be found): whom a CRIU killed after a cancel may hold seized.
+func (r *Runtime) tasks(ctx context.Context, w hypervisors.Workload) func() []int {
+	cg, err := r.cgroup(ctx, w)
+	if err != nil {
+		return nil
+	}
+	return func() []int {
+		pids, _ := cg.Pids()
+		return pids
+	}
 }
 
 // imageDir is where CRIU writes the images of objects named prefix*:

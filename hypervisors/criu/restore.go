@@ -60,9 +60,9 @@ func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec r
 	if rec.TCP {
 		args = append(args, "--tcp-established")
 	}
-	cmd := exec.CommandContext(ctx, r.cfg.Runc, append(args, rec.ID)...)
+	cmd := exec.Command(r.cfg.Runc, append(args, rec.ID)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, logf, logf
-	if err := cmd.Run(); err != nil {
+	if err := runOwned(ctx, cmd, r.cfg.CancelGrace, nil); err != nil {
 		return &CRIUError{Op: "restore", Workload: w.ID, Log: logTail(filepath.Join(work, "restore.log"), 15), Err: err}
 	}
 	return lockConnections(ctx, rec.Locks, false)

@@ -4,22 +4,37 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// runc runs the runtime with our root and CRIU, returning stdout.
+// runc runs the runtime with our root and CRIU, returning stdout. A
+// cancelled ctx kills it at once: use runcCRIU for calls that drive CRIU.
 func (r *Runtime) runc(ctx context.Context, args ...string) ([]byte, error) {
+	return r.runcOwned(ctx, 0, nil, args...)
+}
+
+// runcCRIU runs a runc command that drives CRIU on the tasks pids()
+// (checkpoint, restore): a cancelled ctx gives it Config.CancelGrace to
+// end on its own before it is killed (see runOwned).
+func (r *Runtime) runcCRIU(ctx context.Context, pids func() []int, args ...string) ([]byte, error) {
+	return r.runcOwned(ctx, r.cfg.CancelGrace, pids, args...)
+}
+
+func (r *Runtime) runcOwned(ctx context.Context, grace time.Duration, pids func() []int, args ...string) ([]byte, error) {
 	full := append([]string{"--root", r.cfg.RuncRoot, "--criu", r.cfg.CRIU}, args...)
-	cmd := exec.CommandContext(ctx, r.cfg.Runc, full...)
+	cmd := exec.Command(r.cfg.Runc, full...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	if err := runOwned(ctx, cmd, grace, pids); err != nil {
 		return stdout.Bytes(), fmt.Errorf("runc %s: %w: %s", args[0], err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.Bytes(), nil
@@ -51,7 +66,7 @@ func (r *Runtime) Discover(ctx context.Context) ([]hypervisors.Workload, error) 
 			continue
 		}
 		w := hypervisors.Workload{ID: c.ID, Kind: "container", Backend: Name, PID: c.PID,
-			Attrs: map[string]string{"runtime": "runc", "bundle": c.Bundle, "root": r.cfg.RuncRoot}}
+			Attrs: map[string]string{"runtime": "runc", "bundle": c.Bundle, "root": r.cfg.RuncRoot, "status": c.Status}}
 		if cg, err := cgroupOfPID(c.PID); err == nil {
 			w.MemoryBytes, _ = cg.MemoryBytes()
 		}
@@ -64,7 +79,12 @@ func (r *Runtime) Discover(ctx context.Context) ([]hypervisors.Workload, error) 
 func (r *Runtime) state(ctx context.Context, id string) (*specs.State, error) {
 	out, err := r.runc(ctx, "state", id)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", hypervisors.ErrNotFound, id, err)
+		// Only a container runc has no state for is gone: a timeout, a
+		// cancel or a runc crash says nothing about the container.
+		if _, serr := os.Lstat(filepath.Join(r.cfg.RuncRoot, id, "state.json")); errors.Is(serr, os.ErrNotExist) && ctx.Err() == nil {
+			return nil, fmt.Errorf("%w: %s: %v", hypervisors.ErrNotFound, id, err)
+		}
+		return nil, fmt.Errorf("state of %s: %w", id, err)
 	}
 	var st specs.State
 	if err := json.Unmarshal(out, &st); err != nil {
@@ -77,7 +97,10 @@ func (r *Runtime) cgroup(ctx context.Context, w hypervisors.Workload) (*cgroup, 
 	if isTree(w) {
 		cg, err := cgroupOfPath(treePath(w))
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", hypervisors.ErrNotFound, w.ID, err)
+			if !cgroupExists(treePath(w)) {
+				return nil, fmt.Errorf("%w: %s: %v", hypervisors.ErrNotFound, w.ID, err)
+			}
+			return nil, err
 		}
 		return cg, nil
 	}
@@ -101,22 +124,26 @@ func (r *Runtime) Freeze(ctx context.Context, w hypervisors.Workload) error {
 }
 
 // Thaw implements hypervisors.Backend. A container its Dump ended is
-// restored from the images the Dump wrote.
+// restored from the images the Dump wrote. Thaw returns once the thaw
+// holds (see cgroup.ThawVerified), and can be repeated; a container that
+// was paused before the suspend stays paused.
 func (r *Runtime) Thaw(ctx context.Context, w hypervisors.Workload) error {
 	r.pre.drop(w.ID)
 	if e := r.ended.take(w.ID); e != nil {
-		defer e.remove()
-		r.log.Info("rollback: restoring the workload its dump ended", "workload", w.ID)
-		if e.tree != nil {
-			return r.restoreTreeFrom(ctx, w, e.tree, e.img)
+		err := r.revive(ctx, w, e)
+		if err != nil {
+			r.ended.put(w.ID, e) // a second Thaw tries again
 		}
-		return r.restoreFrom(ctx, w, e.rec, e.img)
+		return err
 	}
 	cg, err := r.cgroup(ctx, w)
 	if err != nil {
 		return err
 	}
-	return cg.Thaw()
+	if w.Attrs["status"] == "paused" {
+		return waitUntraced(ctx, cg.pidList(), r.cfg.CancelGrace)
+	}
+	return cg.ThawVerified(ctx, r.cfg.CancelGrace)
 }
 
 // Finish ends the original container after its checkpoint is committed:

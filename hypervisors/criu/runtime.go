@@ -26,6 +26,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"time"
 
 	gocriu "github.com/checkpoint-restore/go-criu/v7"
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
@@ -53,6 +54,9 @@ type Config struct {
 	// "/system.slice/foo.service") whose processes form one tree to
 	// suspend as a workload "cgroup:<path>".
 	ProcessTrees []string
+	// CancelGrace is how long a cancelled CRIU call may go on before it
+	// is killed (default DefaultCancelGrace; see runOwned).
+	CancelGrace time.Duration
 
 	defaultWorkDir bool // WorkDir is ours, in /run: see mountStaging
 }
@@ -69,6 +73,9 @@ func (c Config) withDefaults() Config {
 	c.defaultWorkDir = c.WorkDir == ""
 	def(&c.WorkDir, "/run/ckpt/criu")
 	def(&c.LogDir, "/var/log/ckpt")
+	if c.CancelGrace <= 0 {
+		c.CancelGrace = DefaultCancelGrace
+	}
 	return c
 }
 

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 )
 
 // tcpEstablished is the kernel's TCP_ESTABLISHED in /proc/net/tcp.
@@ -110,41 +109,4 @@ func parseProcAddr(s string) (netip.AddrPort, error) {
 	}
 	a, _ := netip.AddrFromSlice(raw)
 	return netip.AddrPortFrom(a.Unmap(), uint16(port)), nil
-}
-
-// ended is a container its Dump ended (see Dump): Thaw restores it from
-// img, Finish only removes what it left behind.
-type ended struct {
-	rec     recipe
-	tree    *treeRecipe // set for a process tree
-	img     string
-	cleanup []string // staging dirs
-}
-
-type endedSet struct {
-	mu sync.Mutex
-	m  map[string]*ended
-}
-
-func (s *endedSet) put(id string, e *ended) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.m == nil {
-		s.m = map[string]*ended{}
-	}
-	s.m[id] = e
-}
-
-func (s *endedSet) take(id string) *ended {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e := s.m[id]
-	delete(s.m, id)
-	return e
-}
-
-func (e *ended) remove() {
-	for _, d := range e.cleanup {
-		os.RemoveAll(d)
-	}
 }

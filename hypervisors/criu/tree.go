@@ -214,18 +214,21 @@ func (r *Runtime) dumpTree(ctx context.Context, w hypervisors.Workload, dst hype
 		LogLevel:       proto.Int32(4),
 		LogFile:        proto.String("dump.log"),
 	}
+	if len(conns) > 0 {
+		// The dump ends the tree: say so before CRIU runs (see Dump).
+		if err := r.willEnd(w, &ended{Tree: &rec, Img: img, Cleanup: []string{dir}}, dst); err != nil {
+			return nil, err
+		}
+		keep = true
+	}
 	start := time.Now()
-	if err := r.swrk(ctx, rpc.CriuReqType_DUMP, img, work, opts, nil); err != nil {
-		if direct {
+	if err := r.swrk(ctx, rpc.CriuReqType_DUMP, img, work, opts, nil, cg.pidList); err != nil {
+		if direct && len(conns) == 0 {
 			os.RemoveAll(img)
 		}
 		return nil, criuErr("dump", w.ID, work, "dump.log", err)
 	}
 	criuTook := time.Since(start)
-	if len(conns) > 0 {
-		keep = true
-		r.ended.put(w.ID, &ended{tree: &rec, img: img, cleanup: []string{dir}})
-	}
 	rec.Stats = dumpStats(img)
 	start = time.Now()
 	var n int64
@@ -309,7 +312,7 @@ func (r *Runtime) restoreTreeFrom(ctx context.Context, w hypervisors.Workload, r
 		}
 	}
 	var pid notifyPID
-	if err := r.swrk(ctx, rpc.CriuReqType_RESTORE, img, work, opts, &pid); err != nil {
+	if err := r.swrk(ctx, rpc.CriuReqType_RESTORE, img, work, opts, &pid, nil); err != nil {
 		return criuErr("restore", w.ID, work, "restore.log", err)
 	}
 	r.log.Debug("restored process tree", "workload", w.ID, "pid", int(pid.pid))
@@ -342,9 +345,10 @@ type notifyPID struct {
 func (n *notifyPID) PostRestore(pid int32) error { n.pid = pid; return nil }
 
 // swrk runs one CRIU RPC request with the images and work directories.
-// go-criu's calls take no context: a cancelled ctx returns at once and
-// the request finishes on its own.
-func (r *Runtime) swrk(ctx context.Context, req rpc.CriuReqType, img, work string, opts *rpc.CriuOpts, nfy gocriu.Notify) error {
+// go-criu's calls take no context: a cancelled ctx waits for the request
+// (see awaitOwned), then kills the CRIU tracing pids() (the tree's tasks;
+// nil for a restore, whose CRIU ends when its socket closes).
+func (r *Runtime) swrk(ctx context.Context, req rpc.CriuReqType, img, work string, opts *rpc.CriuOpts, nfy gocriu.Notify, pids func() []int) error {
 	for _, d := range []string{img, work} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
@@ -375,12 +379,7 @@ func (r *Runtime) swrk(ctx context.Context, req rpc.CriuReqType, img, work strin
 			done <- fmt.Errorf("unsupported request %v", req)
 		}
 	}()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return awaitOwned(ctx, done, r.cfg.CancelGrace, func() { killTracers(pids) })
 }
 
 // criuErr wraps a go-criu error with CRIU's errno and log tail.

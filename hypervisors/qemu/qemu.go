@@ -31,6 +31,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
@@ -279,6 +280,10 @@ func (b *Backend) describe(ctx context.Context, v *vm) (hypervisors.Workload, er
 	if err := v.mon.Execute(ctx, "query-status", nil, &st); err != nil {
 		return hypervisors.Workload{}, err
 	}
+	settings, err := migrationSettings(ctx, v)
+	if err != nil {
+		return hypervisors.Workload{}, err
+	}
 	id := name.Name
 	if id == "" {
 		id = strings.TrimSuffix(filepath.Base(v.socket), filepath.Ext(v.socket))
@@ -286,7 +291,7 @@ func (b *Backend) describe(ctx context.Context, v *vm) (hypervisors.Workload, er
 	v.id = id
 	ver := v.mon.Version.QEMU
 	return hypervisors.Workload{ID: id, Kind: KindVM, Backend: Name, PID: v.mon.PID, MemoryBytes: mem.Base + mem.Plugged,
-		Attrs: map[string]string{"socket": v.socket, "status": st.Status,
+		Attrs: map[string]string{"socket": v.socket, "status": st.Status, attrSettings: settings,
 			"qemu": fmt.Sprintf("%d.%d.%d", ver.Major, ver.Minor, ver.Micro)}}, nil
 }
 
@@ -294,10 +299,10 @@ func (b *Backend) describe(ctx context.Context, v *vm) (hypervisors.Workload, er
 func (b *Backend) vmOf(ctx context.Context, w hypervisors.Workload) (*vm, error) {
 	if s := w.Attrs["socket"]; s != "" {
 		v, err := b.monitor(ctx, s)
-		if err != nil {
+		if err != nil && gone(err) {
 			return nil, fmt.Errorf("%w: %s: %v", hypervisors.ErrNotFound, w.ID, err)
 		}
-		return v, nil
+		return v, err
 	}
 	ws, err := b.Discover(ctx)
 	if err != nil {
@@ -339,10 +344,14 @@ func (b *Backend) Thaw(ctx context.Context, w hypervisors.Workload) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	var errs []error
-	if v.bandwidth != nil {
+	if s := w.Attrs[attrSettings]; s != "" {
+		// What the plan saw, journalled: a recover after a crash puts
+		// back what a dump changed, too.
+		errs = append(errs, restoreSettings(ctx, v, s))
+	} else if v.bandwidth != nil {
 		errs = append(errs, v.mon.Execute(ctx, "migrate-set-parameters", map[string]json.RawMessage{"max-bandwidth": v.bandwidth}, nil))
-		v.bandwidth = nil
 	}
+	v.bandwidth = nil
 	cont := v.wasRunning
 	if !v.frozeHere {
 		// Another ckpt froze it and crashed (recover): continue a VM that
@@ -354,12 +363,30 @@ func (b *Backend) Thaw(ctx context.Context, w hypervisors.Workload) error {
 			return err
 		}
 		cont = st.Status == "paused" || st.Status == "postmigrate" || st.Status == "finish-migrate"
+		if before := w.Attrs["status"]; before != "" && before != "running" {
+			cont = false // paused before the suspend: it stays so
+		}
 	}
 	if cont {
-		errs = append(errs, v.mon.Execute(ctx, "cont", nil, nil))
+		errs = append(errs, v.mon.Execute(ctx, "cont", nil, nil), running(ctx, v))
 	}
 	v.frozeHere = false
 	return errors.Join(errs...)
+}
+
+// running checks that the VM runs (after a "cont"): a rollback is done
+// only once it is.
+func running(ctx context.Context, v *vm) error {
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := v.mon.Execute(ctx, "query-status", nil, &st); err != nil {
+		return err
+	}
+	if st.Status != "running" {
+		return fmt.Errorf("thaw: the VM is %s after cont", st.Status)
+	}
+	return nil
 }
 
 // Finish implements hypervisors.Backend: "quit", then wait for the
@@ -383,6 +410,13 @@ func (b *Backend) Finish(ctx context.Context, w hypervisors.Workload) error {
 		}
 	}
 	return nil
+}
+
+// gone says whether a failed connect proves the VM's QEMU gone: its socket
+// is missing, or nobody listens on it. A timeout, a cancel or a busy
+// socket prove nothing.
+func gone(err error) bool {
+	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // processAlive: the pid exists and is not a zombie.

@@ -1,0 +1,127 @@
+package criu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// DefaultCancelGrace is how long a cancelled CRIU call (Config.CancelGrace)
+// is given to end on its own before it is killed.
+const DefaultCancelGrace = 2 * time.Minute
+
+// A CRIU that is killed while it holds a tree seized can leave the tasks
+// with its parasite inside, and one left running past a rollback's thaw
+// writes back the freezer state it found (FROZEN) when it ends. So a
+// cancelled ctx does not kill CRIU: the call waits until CRIU ends on its
+// own, for at most the grace; only then is it killed, and waited for.
+
+// runOwned runs cmd in a process group of its own. When ctx ends first,
+// it waits for cmd for up to grace, then kills the whole group (runc and
+// the CRIU it started) and every CRIU still tracing one of pids(). It
+// returns only once cmd has exited: with cmd's own result when cmd ended
+// by itself (a dump that completed after the cancel did happen), else
+// with ctx's error.
+func runOwned(ctx context.Context, cmd *exec.Cmd, grace time.Duration, pids func() []int) error {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	kill := func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		killTracers(pids)
+	}
+	return awaitOwned(ctx, done, grace, kill)
+}
+
+// awaitOwned waits for done; when ctx ends first it waits for up to
+// grace more, then calls kill and waits for done again.
+func awaitOwned(ctx context.Context, done <-chan error, grace time.Duration, kill func()) error {
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err // it ended by itself: its result is the truth
+	case <-t.C:
+	}
+	kill()
+	<-done
+	return fmt.Errorf("%w (CRIU was killed after %s)", ctx.Err(), grace)
+}
+
+// killTracers kills every CRIU that traces one of pids.
+func killTracers(pids func() []int) {
+	if pids == nil {
+		return
+	}
+	for _, p := range pids() {
+		if t := tracerOf(p); t > 0 && isCRIU(t) {
+			syscall.Kill(t, syscall.SIGKILL)
+		}
+	}
+}
+
+// tracerOf returns the pid tracing pid (0 if none or unknown).
+func tracerOf(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "TracerPid:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
+}
+
+func isCRIU(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return err == nil && strings.TrimSpace(string(b)) == "criu"
+}
+
+// errTraced: a task is still seized by a CRIU.
+var errTraced = errors.New("still seized by CRIU")
+
+// waitUntraced waits until no task of pids is traced by a CRIU, so that a
+// thaw cannot be undone by a CRIU ending later.
+func waitUntraced(ctx context.Context, pids []int, grace time.Duration) error {
+	deadline := time.Now().Add(grace)
+	for {
+		tracer := 0
+		for _, p := range pids {
+			if t := tracerOf(p); t > 0 && isCRIU(t) {
+				tracer = t
+				break
+			}
+		}
+		if tracer == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w (criu pid %d) after %s", errTraced, tracer, grace)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (criu pid %d): %v", errTraced, tracer, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,91 @@
+package criu
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ckpt-dev/ckpt/hypervisors"
+)
+
+// TestCancelledToolIsWaitedFor: a cancel does not abandon a CRIU call in
+// flight; the call returns once the tool has ended, with its own result.
+func TestCancelledToolIsWaitedFor(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "done")
+	cmd := exec.Command("sh", "-c", "sleep 0.5; touch "+marker)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	err := runOwned(ctx, cmd, time.Minute, nil)
+	if err != nil {
+		t.Fatalf("runOwned = %v; want the tool's own success", err)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatal("runOwned returned before the tool ended")
+	}
+}
+
+// TestCancelledToolIsKilledAfterGrace: past the grace the whole process
+// group goes (runc and the CRIU it started), and the call returns only
+// then, with the cancel as its error.
+func TestCancelledToolIsKilledAfterGrace(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "child")
+	cmd := exec.Command("sh", "-c", "sleep 60 & echo $! > "+pidFile+"; wait")
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := runOwned(ctx, cmd, 300*time.Millisecond, nil)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("runOwned = %v; want the deadline", err)
+	}
+	if took := time.Since(start); took < 500*time.Millisecond {
+		t.Fatalf("killed after %s, before the grace", took)
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	for deadline := time.Now().Add(5 * time.Second); syscall.Kill(child, 0) == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the tool's child %d outlived the kill", child)
+		}
+	}
+}
+
+// TestRuntimeFailureIsNotGone: only a container runc has no state for is
+// "not found"; a runc that fails (crashes, times out) on a container
+// that has state says nothing about the container, and recover must not
+// read it as gone.
+func TestRuntimeFailureIsNotGone(t *testing.T) {
+	root := t.TempDir()
+	failing := filepath.Join(t.TempDir(), "runc")
+	if err := os.WriteFile(failing, []byte("#!/bin/sh\necho 'runc crashed' >&2\nexit 2\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := &Runtime{cfg: Config{Runc: failing, RuncRoot: root, CRIU: "criu"}.withDefaults()}
+	if err := os.MkdirAll(filepath.Join(root, "web"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "web", "state.json"), []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.state(context.Background(), "web")
+	if err == nil || errors.Is(err, hypervisors.ErrNotFound) {
+		t.Fatalf("state of a container whose runc failed = %v; want an error that is not ErrNotFound", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := r.state(ctx, "gone"); errors.Is(err, hypervisors.ErrNotFound) {
+		t.Fatalf("a cancelled query said %v", err)
+	}
+	if _, err := r.state(context.Background(), "gone"); !errors.Is(err, hypervisors.ErrNotFound) {
+		t.Fatalf("state of a container without state = %v; want ErrNotFound", err)
+	}
+}
