@@ -1,6 +1,7 @@
 package memregion
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -117,6 +118,9 @@ func sniffRaw(path string) error {
 	}
 	if !nearMagic(b[:n], superMagic[:]) {
 		return nil
+	}
+	if !bytes.Equal(b[:len(superMagic)], superMagic[:]) {
+		return fmt.Errorf("%w: found a ckpt superblock with a damaged magic %q", ErrMayHoldCheckpoint, b[:len(superMagic)])
 	}
 	sb, err := parseSuperblock(b[:n])
 	if err != nil {
