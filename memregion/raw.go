@@ -335,15 +335,36 @@ func (w *rawSink) abort() {
 	}
 }
 
-func (s *rawStore) openObject(o ObjectInfo) (io.ReadCloser, error) {
+// checkManifest refuses a manifest with an object outside the data area.
+func (s *rawStore) checkManifest(m *Manifest) error {
+	for _, o := range m.Objects {
+		if err := s.checkExtents(o); err != nil {
+			return fmt.Errorf("%w: manifest: %w", ErrCorrupt, err)
+		}
+	}
+	return nil
+}
+
+// checkExtents checks that every extent of o lies in the data area,
+// without overflow.
+func (s *rawStore) checkExtents(o ObjectInfo) error {
 	if o.Size > 0 && len(o.Extents) == 0 {
-		return nil, &ObjectError{o.Name, "missing: the manifest records no extents", ErrCorrupt}
+		return &ObjectError{o.Name, "missing: the manifest records no extents", ErrCorrupt}
+	}
+	for _, e := range o.Extents {
+		if e.Off < rawDataStart || e.Len < 0 || e.Off > s.size || e.Len > s.size-e.Off {
+			return &ObjectError{o.Name, fmt.Sprintf("missing: extent %d+%d lies outside the region", e.Off, e.Len), ErrCorrupt}
+		}
+	}
+	return nil
+}
+
+func (s *rawStore) openObject(o ObjectInfo) (io.ReadCloser, error) {
+	if err := s.checkExtents(o); err != nil {
+		return nil, err
 	}
 	rs := make([]io.Reader, 0, len(o.Extents))
 	for _, e := range o.Extents {
-		if e.Off < rawDataStart || e.Len < 0 || e.Len > s.size-e.Off {
-			return nil, &ObjectError{o.Name, fmt.Sprintf("missing: extent %d+%d lies outside the region", e.Off, e.Len), ErrCorrupt}
-		}
 		rs = append(rs, io.NewSectionReader(s.f, e.Off, e.Len))
 	}
 	return io.NopCloser(io.MultiReader(rs...)), nil

@@ -28,6 +28,8 @@ type store interface {
 	openObject(o ObjectInfo) (io.ReadCloser, error)
 	// readManifest returns the framed manifest or ErrNotSealed.
 	readManifest() ([]byte, error)
+	// checkManifest refuses object locations this store cannot hold.
+	checkManifest(m *Manifest) error
 	// commit makes objects durable, then writes the manifest: the commit point.
 	commit(manifest []byte) error
 	// discard drops uncommitted objects.
@@ -139,7 +141,14 @@ func (r *Region) Manifest() (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	return decodeManifest(b)
+	m, err := decodeManifest(b)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.st.checkManifest(m); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // Create starts a new object. sizeHint (0 if unknown) lets the raw layout

@@ -21,6 +21,12 @@ type class struct {
 	build func(k *Kit, path string) error
 }
 
+// objectsOnly are the classes whose metadata is intact.
+var objectsOnly = map[string]bool{
+	"object-symlink-file": true, "object-symlink-fifo": true, "subdir-symlink": true, "objects-symlink": true,
+	"object-fifo": true, "object-socket": true, "object-device": true,
+}
+
 const (
 	dirKind = memregion.KindDir
 	rawKind = memregion.KindRaw

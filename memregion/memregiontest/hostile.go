@@ -36,6 +36,9 @@ type Region struct {
 	// Want is the sentinel that opening it read-only and verifying it
 	// must fail with.
 	Want error
+	// ObjectsOnly regions have intact metadata and hostile objects:
+	// reading metadata alone (inspect) succeeds; verifying fails.
+	ObjectsOnly bool
 	// Empty regions hold no checkpoint (Want is ErrNotSealed): Format
 	// without force may format them. Every other one it must refuse.
 	Empty bool
@@ -74,7 +77,7 @@ func Build(dir string) (*Kit, error) {
 		if err != nil {
 			return nil, fmt.Errorf("building %s: %w", c.class, err)
 		}
-		k.Regions = append(k.Regions, Region{Class: c.class, Kind: c.kind, Path: path, Want: c.want, Empty: c.want == memregion.ErrNotSealed})
+		k.Regions = append(k.Regions, Region{Class: c.class, Kind: c.kind, Path: path, Want: c.want, Empty: c.want == memregion.ErrNotSealed, ObjectsOnly: objectsOnly[c.class]})
 	}
 	var err error
 	k.decoys, err = snapshot(k.Outside)
