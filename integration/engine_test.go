@@ -321,14 +321,30 @@ func TestRegionFullKeepsEverythingRunning(t *testing.T) {
 	h.container(workloads.Checkpointable)
 	h.vm()
 	before := h.counters()
-	cmd, out := h.startSuspend()
-	// Something else takes the space the plan counted on: write until
-	// the tmpfs is full.
+	// Leave the region just the space the plan asks for (the workloads
+	// plus 10 % and 64 MiB), so that the dump is still writing when
+	// something else takes the rest.
+	pj, err := h.run("plan", "--json", "--no-kexec")
+	var plan struct {
+		Bytes      int64 `json:"bytes"`
+		RegionFree int64 `json:"region_free"`
+	}
+	if err != nil || json.Unmarshal([]byte(pj), &plan) != nil {
+		t.Fatalf("plan: %v", err)
+	}
 	f, err := os.Create(filepath.Join(mnt, "filler"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	chunk := bytes.Repeat([]byte{1}, 1<<20)
+	for n := plan.RegionFree - (plan.Bytes + plan.Bytes/10 + 64<<20) - 4<<20; n > 0; n -= int64(len(chunk)) {
+		if _, err := f.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd, out := h.startSuspend()
+	// Something else takes the space the plan counted on: write until
+	// the tmpfs is full.
 	for err == nil {
 		_, err = f.Write(chunk)
 	}

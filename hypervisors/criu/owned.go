@@ -62,7 +62,10 @@ func awaitOwned(ctx context.Context, done <-chan error, grace time.Duration, kil
 	}
 	kill()
 	<-done
-	return fmt.Errorf("%w (CRIU was killed after %s)", ctx.Err(), grace)
+	if grace == 0 {
+		return fmt.Errorf("%w (killed)", ctx.Err())
+	}
+	return fmt.Errorf("%w (still running %s after the cancel: killed)", ctx.Err(), grace)
 }
 
 // killTracers kills every CRIU that traces one of pids.
