@@ -11,6 +11,7 @@ import (
 
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/journal"
 	"github.com/ckpt-dev/ckpt/memregion"
 )
 
@@ -71,25 +72,7 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// Event is one step of progress, for progress bars and JSON lines.
-type Event struct {
-	Time     time.Time `json:"time"`
-	Phase    string    `json:"phase"` // plan, predump, freeze, dump, progress, seal, finish, rollback, done
-	Workload string    `json:"workload,omitempty"`
-	Bytes    int64     `json:"bytes,omitempty"`
-	// Total is, in "progress" events, the bytes the plan expects to dump
-	// (Bytes is what the region has received so far).
-	Total   int64   `json:"total,omitempty"`
-	Elapsed float64 `json:"elapsed_s,omitempty"`
-	Error   string  `json:"error,omitempty"`
-}
-
-func (o Options) emit(e Event) {
-	if o.Events != nil {
-		e.Time = time.Now()
-		o.Events(e)
-	}
-}
+func (o Options) emit(e Event) { journal.Emit(o.Events, e) }
 
 // Planned is one workload a suspend will take.
 type Planned struct {

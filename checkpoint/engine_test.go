@@ -19,6 +19,7 @@ import (
 	"github.com/ckpt-dev/ckpt/checkpoint"
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/journal"
 	"github.com/ckpt-dev/ckpt/memregion"
 	"github.com/ckpt-dev/ckpt/restore"
 )
@@ -204,7 +205,7 @@ type env struct {
 func newEnv(t *testing.T, kind string, size int64) env {
 	t.Helper()
 	d := t.TempDir()
-	checkpoint.LockPath = filepath.Join(d, "lock")
+	journal.LockPath = filepath.Join(d, "lock")
 	e := env{region: filepath.Join(d, "region"), journal: filepath.Join(d, "journal.json"), state: filepath.Join(d, "resumed.json")}
 	if err := memregion.Format(e.region, memregion.FormatOptions{Kind: kind, Size: size}); err != nil {
 		t.Fatal(err)
@@ -695,5 +696,59 @@ func TestObjectPrefixOneToOne(t *testing.T) {
 			t.Errorf("%q and %q share the prefix %q", id, other, p)
 		}
 		seen[p] = id
+	}
+}
+
+// TestResumeKeepsRegionWithAnyBadObject: a region in which verification
+// failed anywhere is never released, even when no workload's record names
+// the bad object and even when zero workloads are restored.
+func TestResumeKeepsRegionWithAnyBadObject(t *testing.T) {
+	for _, n := range []int{0, 1} {
+		t.Run(fmt.Sprintf("%d workloads", n), func(t *testing.T) {
+			e := newEnv(t, memregion.KindDir, 0)
+			ctx := context.Background()
+			sizes := map[string]int64{}
+			if n > 0 {
+				sizes["x"] = 1 << 20
+			}
+			a := newFake("a", sizes)
+			r, err := memregion.Open(e.region, memregion.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var recs []memregion.WorkloadRecord
+			for id := range sizes {
+				recipe, err := a.Dump(ctx, hypervisors.Workload{ID: id, Backend: "a"}, hypervisors.RegionSink{Region: r, Prefix: "a/" + id})
+				if err != nil {
+					t.Fatal(err)
+				}
+				recs = append(recs, memregion.WorkloadRecord{ID: id, Backend: "a", Prefix: "a/" + id, Objects: []string{"a/" + id + "/mem"}, Restore: recipe})
+			}
+			o, err := r.Create("stray/orphan", 4096)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o.Write(bytes.Repeat([]byte{7}, 4096))
+			if err := o.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Seal(ctx, &memregion.Manifest{Workloads: recs}); err != nil {
+				t.Fatal(err)
+			}
+			r.Close()
+			corruptObject(t, e.region, "stray")
+			rr, err := restore.ResumeAll(ctx, e.resume(a))
+			if !errors.Is(err, restore.ErrKept) || rr == nil || rr.Released || len(rr.Restored) != n {
+				t.Fatalf("resume = %+v, %v; want %d restored and the region kept", rr, err, n)
+			}
+			r, err = memregion.Open(e.region, memregion.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			if sealed, _ := r.Sealed(); !sealed {
+				t.Fatal("the region was released although an object failed verification")
+			}
+		})
 	}
 }

@@ -19,8 +19,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ckpt-dev/ckpt/checkpoint"
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/journal"
 	"github.com/ckpt-dev/ckpt/memregion"
 	"golang.org/x/sync/errgroup"
 )
@@ -46,10 +46,10 @@ type Options struct {
 	// KeepRegion leaves the region committed even when all are back.
 	KeepRegion bool
 	// State and Journal default to DefaultState and
-	// checkpoint.DefaultJournal.
+	// journal.DefaultJournal.
 	State, Journal string
 	Logger         *slog.Logger
-	Events         func(checkpoint.Event)
+	Events         func(journal.Event)
 }
 
 // Result says what happened to each workload.
@@ -91,74 +91,118 @@ func ReadState(path string) *State {
 
 // ResumeAll restores every workload of the committed checkpoint in the
 // region that is not restored yet. The error wraps ErrPartial when some
-// failed (Result says which and why).
+// failed (Result says which and why). The region is released only when
+// every workload of the manifest is back and every object verified: a
+// region with a bad object anywhere is kept, even one no workload names.
 func ResumeAll(ctx context.Context, opts Options) (*Result, error) {
-	if opts.Concurrency <= 0 {
-		opts.Concurrency = runtime.NumCPU()
-	}
-	if opts.State == "" {
-		opts.State = DefaultState
-	}
-	if opts.Journal == "" {
-		opts.Journal = checkpoint.DefaultJournal
-	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	emit := func(e checkpoint.Event) {
-		if opts.Events != nil {
-			e.Time = time.Now()
-			opts.Events(e)
-		}
-	}
-	unlock, err := checkpoint.Lock()
+	opts = opts.withDefaults()
+	unlock, err := journal.Lock()
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	start := time.Now()
-	r, err := memregion.Open(opts.Region, memregion.Options{Logger: log})
+	r, err := memregion.Open(opts.Region, memregion.Options{Logger: opts.Logger})
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
-	res := &Result{RegionID: r.ID()}
-	m, verr := r.Verify(ctx)
-	if m == nil {
-		return nil, fmt.Errorf("region %s: %w (nothing was restored or deleted)", opts.Region, verr)
+	run := &resumeRun{opts: opts, log: opts.Logger, r: r, start: time.Now(), res: &Result{RegionID: r.ID()}}
+	if err := run.verify(ctx); err != nil {
+		return nil, err
 	}
-	bad := map[string]string{} // object → why
+	todo, err := run.pending()
+	if err != nil {
+		return nil, err
+	}
+	for _, wave := range waves(todo, opts.Order) {
+		run.restoreWave(ctx, wave)
+	}
+	run.res.Seconds = time.Since(run.start).Seconds()
+	if len(run.res.Failed) > 0 {
+		return run.res, fmt.Errorf("%w: %d of %d failed, their images are kept; run resume-all again to retry", ErrPartial, len(run.res.Failed), len(todo))
+	}
+	return run.res, run.release()
+}
+
+func (o Options) withDefaults() Options {
+	if o.Concurrency <= 0 {
+		o.Concurrency = runtime.NumCPU()
+	}
+	if o.State == "" {
+		o.State = DefaultState
+	}
+	if o.Journal == "" {
+		o.Journal = journal.DefaultJournal
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// resumeRun is one ResumeAll under way; its phases are the methods below.
+type resumeRun struct {
+	opts  Options
+	log   *slog.Logger
+	r     *memregion.Region
+	start time.Time
+	res   *Result
+	m     *memregion.Manifest
+	bad   map[string]string // object → why it failed verification
+
+	mu sync.Mutex // st and res, from the restore goroutines
+	st state
+}
+
+func (run *resumeRun) emit(e journal.Event) { journal.Emit(run.opts.Events, e) }
+
+// verify checks the manifest and every object. Objects that fail are
+// remembered (their workloads are not restored, the region is kept); any
+// other failure stops the resume before anything is restored or deleted.
+func (run *resumeRun) verify(ctx context.Context) error {
+	m, verr := run.r.Verify(ctx)
+	if m == nil {
+		return fmt.Errorf("region %s: %w (nothing was restored or deleted)", run.opts.Region, verr)
+	}
+	run.m, run.bad = m, map[string]string{}
 	for _, e := range unwrapAll(verr) {
 		var oe *memregion.ObjectError
 		if errors.As(e, &oe) {
-			bad[oe.Object] = oe.Reason
+			run.bad[oe.Object] = oe.Reason
 		} else if e != nil {
-			return nil, fmt.Errorf("region %s: %w (nothing was restored or deleted)", opts.Region, verr)
+			return fmt.Errorf("region %s: %w (nothing was restored or deleted)", run.opts.Region, verr)
 		}
 	}
-	emit(checkpoint.Event{Phase: "verify", Bytes: m.TotalBytes()})
-
-	id := r.ID() + "@" + m.Created.UTC().Format(time.RFC3339Nano)
-	st := readState(opts.State)
-	if st.Checkpoint != id {
-		st = state{Checkpoint: id}
+	for o, why := range run.bad {
+		run.log.Error("object failed verification; the region will be kept", "object", o, "reason", why)
 	}
-	byName := map[string]hypervisors.Backend{}
-	for _, b := range opts.Backends {
-		byName[b.Name()] = b
+	run.emit(journal.Event{Phase: "verify", Bytes: m.TotalBytes()})
+	return nil
+}
+
+// id names the checkpoint in the resume state.
+func (run *resumeRun) id() string {
+	return run.r.ID() + "@" + run.m.Created.UTC().Format(time.RFC3339Nano)
+}
+
+// pending picks the workloads to restore: those of Only (or all) not
+// restored yet by an earlier run.
+func (run *resumeRun) pending() ([]memregion.WorkloadRecord, error) {
+	run.st = readState(run.opts.State)
+	if run.st.Checkpoint != run.id() {
+		run.st = state{Checkpoint: run.id()}
 	}
 	only := map[string]bool{}
-	for _, k := range opts.Only {
+	for _, k := range run.opts.Only {
 		only[k] = true
 	}
 	var todo []memregion.WorkloadRecord
-	for _, rec := range m.Workloads {
-		k := rec.Backend + "/" + rec.ID
+	for _, rec := range run.m.Workloads {
+		k := recordKey(rec)
 		switch {
 		case len(only) > 0 && !only[k]:
-		case slices.Contains(st.Restored, k):
-			res.Skipped = append(res.Skipped, k)
+		case slices.Contains(run.st.Restored, k):
+			run.res.Skipped = append(run.res.Skipped, k)
 		default:
 			todo = append(todo, rec)
 		}
@@ -167,77 +211,102 @@ func ResumeAll(ctx context.Context, opts Options) (*Result, error) {
 	for k := range only {
 		return nil, fmt.Errorf("%s is not in the checkpoint", k)
 	}
+	return todo, nil
+}
 
-	var mu sync.Mutex
-	done := func(k string, took time.Duration, err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		wr := WorkloadResult{Key: k, Seconds: took.Seconds()}
-		if err != nil {
-			wr.Error = err.Error()
-			res.Failed = append(res.Failed, wr)
-			if st.Failed == nil {
-				st.Failed = map[string]string{}
-			}
-			st.Failed[k] = wr.Error
-			if err := writeState(opts.State, st); err != nil {
-				log.Error("recording the failure", "err", err)
-			}
-			log.Error("restore failed; its images are kept", "workload", k, "err", err)
-			emit(checkpoint.Event{Phase: "restore", Workload: k, Error: err.Error()})
-			return
-		}
-		res.Restored = append(res.Restored, wr)
-		st.Restored = append(st.Restored, k)
-		delete(st.Failed, k)
-		if err := writeState(opts.State, st); err != nil {
-			log.Error("recording the restore", "err", err)
-		}
-		emit(checkpoint.Event{Phase: "restore", Workload: k, Elapsed: took.Seconds()})
+func recordKey(rec memregion.WorkloadRecord) string { return rec.Backend + "/" + rec.ID }
+
+// restoreWave restores one wave's workloads in parallel.
+func (run *resumeRun) restoreWave(ctx context.Context, wave []memregion.WorkloadRecord) {
+	byName := map[string]hypervisors.Backend{}
+	for _, b := range run.opts.Backends {
+		byName[b.Name()] = b
 	}
-	for _, wave := range waves(todo, opts.Order) {
-		g := errgroup.Group{}
-		g.SetLimit(opts.Concurrency)
-		for _, rec := range wave {
-			g.Go(func() error {
-				k := rec.Backend + "/" + rec.ID
-				t0 := time.Now()
-				for _, o := range rec.Objects {
-					if why, ok := bad[o]; ok {
-						done(k, 0, fmt.Errorf("object %s: %s", o, why))
-						return nil
-					}
-				}
-				b := byName[rec.Backend]
-				if b == nil {
-					done(k, 0, fmt.Errorf("backend %s is not available on this host", rec.Backend))
-					return nil
-				}
-				w := hypervisors.Workload{ID: rec.ID, Kind: rec.Kind, Backend: rec.Backend, MemoryBytes: rec.MemoryBytes}
-				src := hypervisors.RegionSource{Region: r, Manifest: m, Prefix: recordPrefix(rec, w)}
-				err := b.Restore(ctx, w, rec.Restore, src)
-				done(k, time.Since(t0), err)
-				return nil
-			})
-		}
-		g.Wait()
+	g := errgroup.Group{}
+	g.SetLimit(run.opts.Concurrency)
+	for _, rec := range wave {
+		g.Go(func() error {
+			t0 := time.Now()
+			err := run.restoreOne(ctx, rec, byName[rec.Backend])
+			run.done(recordKey(rec), time.Since(t0), err)
+			return nil
+		})
 	}
-	res.Seconds = time.Since(start).Seconds()
-	if len(res.Failed) > 0 {
-		return res, fmt.Errorf("%w: %d of %d failed, their images are kept; run resume-all again to retry", ErrPartial, len(res.Failed), len(todo))
-	}
-	if len(st.Restored) == len(m.Workloads) && !opts.KeepRegion {
-		if err := r.Release(); err != nil {
-			return res, fmt.Errorf("every workload is back, but releasing the region failed: %w", err)
+	g.Wait()
+}
+
+// restoreOne restores one workload whose objects all verified.
+func (run *resumeRun) restoreOne(ctx context.Context, rec memregion.WorkloadRecord, b hypervisors.Backend) error {
+	for _, o := range rec.Objects {
+		if why, ok := run.bad[o]; ok {
+			return fmt.Errorf("object %s: %s", o, why)
 		}
-		res.Released = true
-		os.Remove(opts.State)
-		if j, _ := checkpoint.ReadJournal(opts.Journal); j != nil && j.State == checkpoint.StateCommitted {
-			j.Remove()
-		}
-		emit(checkpoint.Event{Phase: "release"})
 	}
-	return res, nil
+	if b == nil {
+		return fmt.Errorf("backend %s is not available on this host", rec.Backend)
+	}
+	w := hypervisors.Workload{ID: rec.ID, Kind: rec.Kind, Backend: rec.Backend, MemoryBytes: rec.MemoryBytes}
+	src := hypervisors.RegionSource{Region: run.r, Manifest: run.m, Prefix: recordPrefix(rec, w)}
+	return b.Restore(ctx, w, rec.Restore, src)
+}
+
+// done records one workload's outcome, on disk at once: a resume killed
+// mid-way restores nothing twice.
+func (run *resumeRun) done(k string, took time.Duration, err error) {
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	wr := WorkloadResult{Key: k, Seconds: took.Seconds()}
+	if err != nil {
+		wr.Error = err.Error()
+		run.res.Failed = append(run.res.Failed, wr)
+		if run.st.Failed == nil {
+			run.st.Failed = map[string]string{}
+		}
+		run.st.Failed[k] = wr.Error
+		if err := writeState(run.opts.State, run.st); err != nil {
+			run.log.Error("recording the failure", "err", err)
+		}
+		run.log.Error("restore failed; its images are kept", "workload", k, "err", err)
+		run.emit(journal.Event{Phase: "restore", Workload: k, Error: err.Error()})
+		return
+	}
+	run.res.Restored = append(run.res.Restored, wr)
+	run.st.Restored = append(run.st.Restored, k)
+	delete(run.st.Failed, k)
+	if err := writeState(run.opts.State, run.st); err != nil {
+		run.log.Error("recording the restore", "err", err)
+	}
+	run.emit(journal.Event{Phase: "restore", Workload: k, Elapsed: took.Seconds()})
+}
+
+// ErrKept is wrapped when every workload is back but the region is kept
+// because some object failed verification.
+var ErrKept = errors.New("the region is kept")
+
+// release drops the checkpoint once every workload of the manifest is
+// back and every object verified.
+func (run *resumeRun) release() error {
+	if run.opts.KeepRegion {
+		return nil
+	}
+	for _, rec := range run.m.Workloads {
+		if !slices.Contains(run.st.Restored, recordKey(rec)) {
+			return nil // others are still to come (Only)
+		}
+	}
+	if len(run.bad) > 0 {
+		return fmt.Errorf("%w: %d object(s) failed verification (ckpt region verify says which); release it yourself (ckpt region release) once you no longer need it", ErrKept, len(run.bad))
+	}
+	if err := run.r.Release(); err != nil {
+		return fmt.Errorf("every workload is back, but releasing the region failed: %w", err)
+	}
+	run.res.Released = true
+	os.Remove(run.opts.State)
+	if j, _ := journal.Read(run.opts.Journal); j != nil && j.State == journal.StateCommitted {
+		j.Remove()
+	}
+	run.emit(journal.Event{Phase: "release"})
+	return nil
 }
 
 // waves splits records by the Order list: one wave per entry, then the
