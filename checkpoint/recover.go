@@ -97,4 +97,3 @@ func RecoverIfNeeded(ctx context.Context, path string, backends []hypervisors.Ba
 	_, err = recoverLocked(ctx, path, backends, log)
 	return err
 }
-
