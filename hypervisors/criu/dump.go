@@ -114,7 +114,7 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 		if direct && len(conns) == 0 {
 			os.RemoveAll(img)
 		}
-		return nil, &CRIUError{Op: "dump", Workload: w.ID, Log: logTail(filepath.Join(work, "dump.log"), 15), Err: err}
+		return nil, newCRIUError("dump", w.ID, filepath.Join(work, "dump.log"), err)
 	}
 	criuTook := time.Since(start)
 	if len(conns) > 0 {

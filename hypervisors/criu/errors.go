@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -13,12 +14,16 @@ type CRIUError struct {
 	Op       string // "dump", "restore", "pre-dump"
 	Workload string
 	Errno    int    // CRIU's errno when it reported one, else 0
+	Cause    string // CRIU's first real error in its log (see logCause)
 	Log      string // last lines of CRIU's log
 	Err      error  // the runner's error (exit status, RPC error)
 }
 
 func (e *CRIUError) Error() string {
 	s := fmt.Sprintf("criu %s of %s: %v", e.Op, e.Workload, e.Err)
+	if e.Cause != "" {
+		s = fmt.Sprintf("criu %s of %s: %s (%v)", e.Op, e.Workload, e.Cause, e.Err)
+	}
 	if e.Errno != 0 {
 		s += fmt.Sprintf(" (errno %d)", e.Errno)
 	}
@@ -29,6 +34,35 @@ func (e *CRIUError) Error() string {
 }
 
 func (e *CRIUError) Unwrap() error { return e.Err }
+
+// newCRIUError is a failed CRIU call with its log at logPath.
+func newCRIUError(op, id, logPath string, err error) *CRIUError {
+	return &CRIUError{Op: op, Workload: id, Cause: logCause(logPath), Log: logTail(logPath, 15), Err: err}
+}
+
+// harmless are CRIU errors that do not fail an operation: on this kind of
+// host CRIU always logs that it cannot raise its own RLIMIT_NOFILE.
+var harmless = []string{"Can't setup RLIMIT_NOFILE"}
+
+// logCause is the first error in a CRIU log that is not harmless, without
+// its timestamp and source location: what made the call fail.
+func logCause(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		_, msg, ok := strings.Cut(l, "Error (")
+		if !ok || slices.ContainsFunc(harmless, func(h string) bool { return strings.Contains(l, h) }) {
+			continue
+		}
+		if _, m, ok := strings.Cut(msg, "): "); ok {
+			msg = m
+		}
+		return strings.TrimSpace(msg)
+	}
+	return ""
+}
 
 // logTail returns the last n lines of a CRIU log, preferring lines that
 // say "Error".

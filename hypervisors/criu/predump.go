@@ -74,7 +74,7 @@ func (r *Runtime) PreDump(ctx context.Context, w hypervisors.Workload, dst hyper
 	start := time.Now()
 	_, err = r.runcCRIU(ctx, r.tasks(ctx, w), "checkpoint", "--pre-dump", "--image-path", img, "--work-path", work, w.ID)
 	if err != nil {
-		cerr := &CRIUError{Op: "pre-dump", Workload: w.ID, Log: logTail(filepath.Join(work, "dump.log"), 15), Err: err}
+		cerr := newCRIUError("pre-dump", w.ID, filepath.Join(work, "dump.log"), err)
 		os.RemoveAll(dir)
 		if direct {
 			os.RemoveAll(img)

@@ -63,7 +63,7 @@ func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec r
 	cmd := exec.Command(r.cfg.Runc, append(args, rec.ID)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, logf, logf
 	if err := runOwned(ctx, cmd, r.cfg.CancelGrace, nil); err != nil {
-		return &CRIUError{Op: "restore", Workload: w.ID, Log: logTail(filepath.Join(work, "restore.log"), 15), Err: err}
+		return newCRIUError("restore", w.ID, filepath.Join(work, "restore.log"), err)
 	}
 	return lockConnections(ctx, rec.Locks, false)
 }

@@ -278,7 +278,7 @@ func (r *Runtime) restoreTreeFrom(ctx context.Context, w hypervisors.Workload, r
 	if rec.Unit != "" {
 		if _, err := os.Stat(systemdRun); err == nil {
 			if err := r.restoreUnit(ctx, rec.Unit, work, treeCLIArgs(rec, img, work)); err != nil {
-				return &CRIUError{Op: "restore", Workload: w.ID, Log: logTail(filepath.Join(work, "restore.log"), 15), Err: err}
+				return newCRIUError("restore", w.ID, filepath.Join(work, "restore.log"), err)
 			}
 			return lockConnections(ctx, rec.Locks, false)
 		}
@@ -384,7 +384,7 @@ func (r *Runtime) swrk(ctx context.Context, req rpc.CriuReqType, img, work strin
 
 // criuErr wraps a go-criu error with CRIU's errno and log tail.
 func criuErr(op, id, work, log string, err error) error {
-	ce := &CRIUError{Op: op, Workload: id, Log: logTail(filepath.Join(work, log), 15), Err: err}
+	ce := newCRIUError(op, id, filepath.Join(work, log), err)
 	var errno int
 	if i := strings.LastIndex(err.Error(), "err:"); i >= 0 {
 		fmt.Sscanf(err.Error()[i:], "err:%d)", &errno)
