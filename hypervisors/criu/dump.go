@@ -27,6 +27,7 @@ type recipe struct {
 	// Locks are the connections in the host's network namespace: a new
 	// kernel must drop their packets until the restore (see PrepareBoot).
 	Locks []tcpConn  `json:"net_locks,omitempty"`
+	Needs criuNeeds  `json:"criu,omitempty"` // what CRIU was told (file locks, …)
 	Stats *DumpStats `json:"stats,omitempty"`
 }
 
@@ -77,10 +78,16 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 	}()
 	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
 	img, direct := imageDir(dst, imagePrefix, img)
+	rec := recipe{Runtime: "runc", Root: r.cfg.RuncRoot, ID: w.ID, Bundle: st.Bundle, TCP: len(conns) > 0, Locks: hostConns(conns)}
+	if tasks := r.tasks(ctx, w); tasks != nil {
+		rec.Needs = needsOf(tasks()).withOptions(r.cfg.Options, w.ID)
+	}
+	ends := endsWithDump(conns, rec.Needs)
 	args := []string{"checkpoint", "--image-path", img, "--work-path", work}
 	if len(conns) > 0 {
 		args = append(args, "--tcp-established")
-	} else {
+	}
+	if !ends {
 		args = append(args, "--leave-running")
 	}
 	var cleanup []string // what an ended container's Thaw or Finish removes
@@ -100,8 +107,14 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 		}
 		args = append(args, "--parent-path", rel)
 	}
-	rec := recipe{Runtime: "runc", Root: r.cfg.RuncRoot, ID: w.ID, Bundle: st.Bundle, TCP: len(conns) > 0, Locks: hostConns(conns)}
-	if len(conns) > 0 {
+	var env []string
+	if rec.Needs.FileLocks {
+		args = append(args, "--file-locks")
+	}
+	if env, err = rec.Needs.configEnv(dir); err != nil {
+		return nil, err
+	}
+	if ends {
 		// The dump ends the container; from then on its only copy is
 		// img: say so before CRIU runs.
 		if err := r.willEnd(w, &ended{Rec: rec, Img: img, Cleanup: append(cleanup, dir)}, dst); err != nil {
@@ -110,15 +123,15 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 		keep = true // even if CRIU fails: Thaw and Revive decide
 	}
 	start := time.Now()
-	if _, err := r.runcCRIU(ctx, r.tasks(ctx, w), append(args, w.ID)...); err != nil {
-		if direct && len(conns) == 0 {
+	if _, err := r.runcCRIU(ctx, r.tasks(ctx, w), env, append(args, w.ID)...); err != nil {
+		if direct && !ends {
 			os.RemoveAll(img)
 		}
 		return nil, newCRIUError("dump", w.ID, filepath.Join(work, "dump.log"), err)
 	}
 	criuTook := time.Since(start)
-	if len(conns) > 0 {
-		r.log.Info("dumped with its TCP connections; the container ended with the dump", "workload", w.ID, "connections", len(conns))
+	if ends {
+		r.log.Info("the container ended with its dump", "workload", w.ID, "connections", len(conns), "link_remap", rec.Needs.LinkRemap)
 	}
 	rec.Stats = dumpStats(work) // runc has CRIU write stats-dump into the work dir
 	start = time.Now()
@@ -130,7 +143,7 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 		names, n, err = storeDir(ctx, img, dst)
 	}
 	if err != nil {
-		if direct && len(conns) == 0 {
+		if direct && !ends {
 			os.RemoveAll(img)
 		}
 		return nil, fmt.Errorf("storing images of %s: %w", w.ID, err)

@@ -72,7 +72,7 @@ func (r *Runtime) PreDump(ctx context.Context, w hypervisors.Workload, dst hyper
 	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
 	img, direct := imageDir(dst, predumpPrefix, img)
 	start := time.Now()
-	_, err = r.runcCRIU(ctx, r.tasks(ctx, w), "checkpoint", "--pre-dump", "--image-path", img, "--work-path", work, w.ID)
+	_, err = r.runcCRIU(ctx, r.tasks(ctx, w), nil, "checkpoint", "--pre-dump", "--image-path", img, "--work-path", work, w.ID)
 	if err != nil {
 		cerr := newCRIUError("pre-dump", w.ID, filepath.Join(work, "dump.log"), err)
 		os.RemoveAll(dir)

@@ -60,8 +60,15 @@ func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec r
 	if rec.TCP {
 		args = append(args, "--tcp-established")
 	}
+	if rec.Needs.FileLocks {
+		args = append(args, "--file-locks")
+	}
+	env, err := rec.Needs.configEnv(work)
+	if err != nil {
+		return err
+	}
 	cmd := exec.Command(r.cfg.Runc, append(args, rec.ID)...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, logf, logf
+	cmd.Stdin, cmd.Stdout, cmd.Stderr, cmd.Env = nil, logf, logf, env
 	if err := runOwned(ctx, cmd, r.cfg.CancelGrace, nil); err != nil {
 		return newCRIUError("restore", w.ID, filepath.Join(work, "restore.log"), err)
 	}

@@ -19,19 +19,21 @@ import (
 // runc runs the runtime with our root and CRIU, returning stdout. A
 // cancelled ctx kills it at once: use runcCRIU for calls that drive CRIU.
 func (r *Runtime) runc(ctx context.Context, args ...string) ([]byte, error) {
-	return r.runcOwned(ctx, 0, nil, args...)
+	return r.runcOwned(ctx, 0, nil, nil, args...)
 }
 
 // runcCRIU runs a runc command that drives CRIU on the tasks pids()
-// (checkpoint, restore): a cancelled ctx gives it Config.CancelGrace to
-// end on its own before it is killed (see runOwned).
-func (r *Runtime) runcCRIU(ctx context.Context, pids func() []int, args ...string) ([]byte, error) {
-	return r.runcOwned(ctx, r.cfg.CancelGrace, pids, args...)
+// (checkpoint, restore) with env (nil: ckpt's own): a cancelled ctx gives
+// it Config.CancelGrace to end on its own before it is killed (see
+// runOwned).
+func (r *Runtime) runcCRIU(ctx context.Context, pids func() []int, env []string, args ...string) ([]byte, error) {
+	return r.runcOwned(ctx, r.cfg.CancelGrace, pids, env, args...)
 }
 
-func (r *Runtime) runcOwned(ctx context.Context, grace time.Duration, pids func() []int, args ...string) ([]byte, error) {
+func (r *Runtime) runcOwned(ctx context.Context, grace time.Duration, pids func() []int, env []string, args ...string) ([]byte, error) {
 	full := append([]string{"--root", r.cfg.RuncRoot, "--criu", r.cfg.CRIU}, args...)
 	cmd := exec.Command(r.cfg.Runc, full...)
+	cmd.Env = env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := runOwned(ctx, cmd, grace, pids); err != nil {
@@ -114,13 +116,23 @@ func (r *Runtime) cgroup(ctx context.Context, w hypervisors.Workload) (*cgroup, 
 	return cgroupOfPID(st.Pid)
 }
 
-// Freeze implements hypervisors.Backend with the cgroup freezer.
+// Freeze implements hypervisors.Backend with the cgroup freezer. A task
+// stopped since the plan fails it (see stoppedTask), thawed again.
 func (r *Runtime) Freeze(ctx context.Context, w hypervisors.Workload) error {
 	cg, err := r.cgroup(ctx, w)
 	if err != nil {
 		return err
 	}
-	return cg.Freeze(ctx)
+	if err := refuseStopped(w.ID, cg.pidList()); err != nil {
+		return err // a frozen stopped task shows as sleeping: look first
+	}
+	if err := cg.Freeze(ctx); err != nil {
+		return err
+	}
+	if err := refuseStopped(w.ID, cg.pidList()); err != nil {
+		return errors.Join(err, cg.Thaw())
+	}
+	return nil
 }
 
 // Thaw implements hypervisors.Backend. A container its Dump ended is
@@ -185,6 +197,9 @@ func (r *Runtime) Preflight(ctx context.Context, w hypervisors.Workload) error {
 	if cg, err := cgroupOfPID(st.Pid); err == nil {
 		if pids, err := cg.Pids(); err == nil {
 			if err := cgroupFiles(w.ID, pids); err != nil {
+				return err
+			}
+			if err := refuseStopped(w.ID, pids); err != nil {
 				return err
 			}
 		}

@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"sync"
 	"time"
@@ -54,6 +55,11 @@ type Config struct {
 	// "/system.slice/foo.service") whose processes form one tree to
 	// suspend as a workload "cgroup:<path>".
 	ProcessTrees []string
+	// Options are more CRIU options for the workloads whose ID matches a
+	// key (a path.Match pattern: "web-*", "cgroup:/system.slice/db.service"),
+	// as in a CRIU configuration file: "tcp-close", "ext-unix-sk",
+	// "external mnt[]:m". They are recorded for the restore too.
+	Options map[string][]string
 	// CancelGrace is how long a cancelled CRIU call may go on before it
 	// is killed (default DefaultCancelGrace; see runOwned).
 	CancelGrace time.Duration
@@ -111,6 +117,14 @@ func init() {
 					}
 				}
 			}
+			if v, ok := ic.Config["options"].(map[string]any); ok {
+				cfg.Options = map[string][]string{}
+				for pat, list := range v {
+					for _, o := range stringsOf(list) {
+						cfg.Options[pat] = append(cfg.Options[pat], o)
+					}
+				}
+			}
 			return New(ctx, cfg, ic.Logger)
 		},
 	})
@@ -129,6 +143,16 @@ func New(_ context.Context, cfg Config, log *slog.Logger) (*Runtime, error) {
 		return nil, fmt.Errorf("%w: criu not found: %v", hypervisors.ErrSkipBackend, err)
 	}
 	cfg.CRIU = criuPath
+	for pat, opts := range cfg.Options {
+		if _, err := path.Match(pat, ""); err != nil {
+			return nil, fmt.Errorf("criu options for %q: %w", pat, err)
+		}
+		for _, o := range opts {
+			if err := validOption(o); err != nil {
+				return nil, fmt.Errorf("criu options for %q: %w", pat, err)
+			}
+		}
+	}
 	if cfg.Runc, err = exec.LookPath(cfg.Runc); err != nil {
 		return nil, fmt.Errorf("%w: runc not found: %v", hypervisors.ErrSkipBackend, err)
 	}
@@ -202,4 +226,17 @@ func (r *Runtime) mountStaging() {
 	if err := unix.Mount("ckpt-staging", r.cfg.WorkDir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700,size=100%"); err != nil {
 		r.log.Warn("staging stays on the shared tmpfs", "dir", r.cfg.WorkDir, "err", err)
 	}
+}
+
+// stringsOf decodes a config list of strings.
+func stringsOf(v any) []string {
+	var out []string
+	if l, ok := v.([]any); ok {
+		for _, x := range l {
+			if s, ok := x.(string); ok {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
 }

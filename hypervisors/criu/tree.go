@@ -46,6 +46,7 @@ type treeRecipe struct {
 	Unit  string     `json:"systemd_unit,omitempty"`
 	Pipes []string   `json:"pipes,omitempty"`     // stdio pipes ("pipe:[N]") to reconnect
 	Shell bool       `json:"shell_job,omitempty"` // the session is outside the tree
+	Needs criuNeeds  `json:"criu,omitempty"`      // what CRIU was told (file locks, …)
 	Stats *DumpStats `json:"stats,omitempty"`
 }
 
@@ -160,6 +161,9 @@ func (r *Runtime) preflightTree(w hypervisors.Workload) error {
 	if err := cgroupFiles(w.ID, pids); err != nil {
 		return err
 	}
+	if err := refuseStopped(w.ID, pids); err != nil {
+		return err
+	}
 	for fd := 0; fd <= 2; fd++ {
 		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", root, fd))
 		if err == nil && strings.HasPrefix(l, "socket:") {
@@ -204,9 +208,11 @@ func (r *Runtime) dumpTree(ctx context.Context, w hypervisors.Workload, dst hype
 	}()
 	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
 	img, direct := imageDir(dst, imagePrefix, img)
+	rec.Needs = needsOf(pids).withOptions(r.cfg.Options, w.ID)
+	ends := endsWithDump(conns, rec.Needs)
 	opts := &rpc.CriuOpts{
 		Pid:            proto.Int32(int32(root)),
-		LeaveRunning:   proto.Bool(len(conns) == 0),
+		LeaveRunning:   proto.Bool(!ends),
 		TcpEstablished: proto.Bool(len(conns) > 0),
 		ShellJob:       proto.Bool(rec.Shell),
 		FreezeCgroup:   proto.String(filepath.Dir(cg.freezeFile)),
@@ -214,7 +220,10 @@ func (r *Runtime) dumpTree(ctx context.Context, w hypervisors.Workload, dst hype
 		LogLevel:       proto.Int32(4),
 		LogFile:        proto.String("dump.log"),
 	}
-	if len(conns) > 0 {
+	if err := rec.Needs.rpc(opts, dir); err != nil {
+		return nil, err
+	}
+	if ends {
 		// The dump ends the tree: say so before CRIU runs (see Dump).
 		if err := r.willEnd(w, &ended{Tree: &rec, Img: img, Cleanup: []string{dir}}, dst); err != nil {
 			return nil, err
@@ -223,7 +232,7 @@ func (r *Runtime) dumpTree(ctx context.Context, w hypervisors.Workload, dst hype
 	}
 	start := time.Now()
 	if err := r.swrk(ctx, rpc.CriuReqType_DUMP, img, work, opts, nil, cg.pidList); err != nil {
-		if direct && len(conns) == 0 {
+		if direct && !ends {
 			os.RemoveAll(img)
 		}
 		return nil, criuErr("dump", w.ID, work, "dump.log", err)
@@ -291,6 +300,9 @@ func (r *Runtime) restoreTreeFrom(ctx context.Context, w hypervisors.Workload, r
 		LogLevel:          proto.Int32(4),
 		LogFile:           proto.String("restore.log"),
 	}
+	if err := rec.Needs.rpc(opts, work); err != nil {
+		return err
+	}
 	if len(rec.Pipes) > 0 {
 		// The pipes' readers did not survive: a new reader appends what
 		// the tree writes to its log, as a service manager's would.
@@ -332,6 +344,16 @@ func treeCLIArgs(rec *treeRecipe, img, work string) []string {
 	}
 	for _, p := range rec.Pipes {
 		args = append(args, "--inherit-fd", "fd[1]:"+p)
+	}
+	if rec.Needs.FileLocks {
+		args = append(args, "--file-locks")
+	}
+	for _, l := range rec.Needs.configLines() {
+		name, val, _ := strings.Cut(l, " ")
+		args = append(args, "--"+name)
+		if val != "" {
+			args = append(args, val)
+		}
 	}
 	return args
 }

@@ -49,7 +49,10 @@ func main() {
 	sumEvery := flag.Duration("sum-every", 0, "also print \"sum OK|BAD\" this often (0: never)")
 	dirty := flag.Int("dirty", 0, "MiB/s of the memory to keep rewriting, at random pages (0: none)")
 	hot := flag.Int("hot", 0, "rewrite only pages within the first this many MiB (0: anywhere)")
+	lockPath := flag.String("flock", "", "hold an exclusive flock on this file (\"held\" reports it)")
+	linked := flag.String("unlinked", "", "hold this file open after unlinking it while a hard link to it stays (\"held\" reads it)")
 	flag.Parse()
+	held := holdFiles(*lockPath, *linked)
 	if *guest {
 		guestInit()
 	}
@@ -118,6 +121,8 @@ func main() {
 					state = "dead"
 				}
 				return fmt.Sprintf("child %d %s", child.Process.Pid, state)
+			case cmd == "held":
+				return held()
 			case strings.HasPrefix(cmd, "echo "):
 				return strings.TrimPrefix(cmd, "echo ")
 			}
@@ -239,4 +244,61 @@ func guestInit() {
 	}
 	unix.Dup2(int(tty.Fd()), 1)
 	unix.Dup2(int(tty.Fd()), 2)
+}
+
+// holdFiles sets up the files CRIU needs options for: a held flock
+// (--file-locks) and an open file whose name is gone while another hard
+// link to it stays (--link-remap). The returned func reports them.
+func holdFiles(lockPath, linked string) func() string {
+	var lockF, linkF *os.File
+	if lockPath != "" {
+		f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+		if err == nil {
+			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "flock:", err)
+			os.Exit(1)
+		}
+		lockF = f
+	}
+	if linked != "" {
+		err := os.WriteFile(linked, []byte("kept\n"), 0o600)
+		if err == nil {
+			err = os.Link(linked, linked+".link")
+		}
+		if err == nil {
+			linkF, err = os.Open(linked)
+		}
+		if err == nil {
+			err = os.Remove(linked)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "unlinked:", err)
+			os.Exit(1)
+		}
+	}
+	return func() string {
+		out := "held"
+		if lockF != nil {
+			// A second open file description must not get the lock.
+			f, err := os.Open(lockF.Name())
+			if err != nil {
+				return "flock " + err.Error()
+			}
+			defer f.Close()
+			if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+				return "flock lost"
+			}
+			out += " flock"
+		}
+		if linkF != nil {
+			b := make([]byte, 5)
+			if n, err := linkF.ReadAt(b, 0); err != nil || string(b[:n]) != "kept\n" {
+				return fmt.Sprintf("unlinked file reads %q, %v", b[:n], err)
+			}
+			out += " unlinked"
+		}
+		return out
+	}
 }
