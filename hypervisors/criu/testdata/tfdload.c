@@ -14,6 +14,8 @@
  * P  1 while the epoll set still holds the timerfd (EPOLL_CTL_ADD says EEXIST)
  * next  timerfd_gettime's it_value: the time to the next expiration
  *
+ * "tfdload MS abs" arms it with TFD_TIMER_ABSTIME instead (first expiry now + MS).
+ *
  * If the timer is restored disarmed, the lines stop. Build: gcc -static -O2.
  */
 #include <errno.h>
@@ -23,7 +25,9 @@
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <string.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 int main(int argc, char **argv)
@@ -36,7 +40,7 @@ int main(int argc, char **argv)
 	struct epoll_event ev = { .events = EPOLLIN };
 	uint64_t total = 0, v = 42;
 	sigset_t set;
-	int tfd, efd, ep;
+	int tfd, efd, ep, flags = 0;
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGUSR1);
@@ -49,8 +53,20 @@ int main(int argc, char **argv)
 		perror("eventfd");
 		return 1;
 	}
+	if (argc > 2 && !strcmp(argv[2], "abs")) {
+		struct timespec now;
+
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		flags = TFD_TIMER_ABSTIME;
+		its.it_value.tv_sec += now.tv_sec;
+		its.it_value.tv_nsec += now.tv_nsec;
+		if (its.it_value.tv_nsec >= 1000000000) {
+			its.it_value.tv_sec++;
+			its.it_value.tv_nsec -= 1000000000;
+		}
+	}
 	tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
-	if (tfd < 0 || timerfd_settime(tfd, 0, &its, NULL)) {
+	if (tfd < 0 || timerfd_settime(tfd, flags, &its, NULL)) {
 		perror("timerfd");
 		return 1;
 	}
