@@ -106,7 +106,7 @@ func TestRearmTimerfdImages(t *testing.T) {
 		tfdEntry(2, 0, 5*time.Millisecond, tfdPeriod),     // running
 		tfdEntry(3, tfdTimerAbstime, 0, tfdPeriod),        // absolute: CRIU re-anchors it
 		tfdEntry(4, 0, 0, 0),                              // one-shot, fired: disarmed is right
-		tfdEntry(5, 0, 0, 2*time.Second+time.Millisecond), // expired, tfdPeriod over a second
+		tfdEntry(5, 0, 0, 2*time.Second+time.Millisecond), // expired, period over a second
 		&fdinfo.FileEntry{Type: fdinfo.FdTypes_EVENTFD.Enum(), Id: proto.Uint32(6), Efd: &eventfd.EventfdFileEntry{
 			Id: proto.Uint32(6), Flags: proto.Uint32(2), Fown: tfdEntry(0, 0, 0, 0).Tfd.Fown, Counter: proto.Uint64(42)}},
 	)
