@@ -110,6 +110,9 @@ func (f *fake) Thaw(_ context.Context, w hypervisors.Workload) error {
 	if f.thawErr != nil {
 		return f.thawErr
 	}
+	if f.state(w.ID) == "ended" {
+		return hypervisors.ErrNotFound
+	}
 	return f.set(w.ID, "", "running")
 }
 
@@ -655,11 +658,11 @@ func TestRecoverKeepsFailedThaws(t *testing.T) {
 func TestCrashAfterDumpEndedWorkloadIsRevived(t *testing.T) {
 	e := newEnv(t, memregion.KindDir, 0)
 	a := newFake("a", map[string]int64{"x": 1 << 20, "y": 1 << 20})
-	a.endsOnDump, a.failDump = "x", "y"
+	a.endsOnDump = "x"
 	var atKill []byte
-	a.onRescue = func() { atKill, _ = os.ReadFile(e.journal) }
-	a.dumpDelay = 50 * time.Millisecond
-	if _, err := suspend(t, context.Background(), e.opts(a)); err == nil {
+	ctx, cancel := context.WithCancel(context.Background())
+	a.onRescue = func() { atKill, _ = os.ReadFile(e.journal); cancel() }
+	if _, err := suspend(t, ctx, e.opts(a)); err == nil {
 		t.Fatal("suspend succeeded")
 	}
 	if !bytes.Contains(atKill, []byte(`"rescues"`)) {
@@ -751,4 +754,40 @@ func TestResumeKeepsRegionWithAnyBadObject(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRecoverAfterCommitOnSameBoot: a suspend killed after its seal, with
+// some originals not yet ended (and the journal not yet saying
+// "committed"), is undone by Recover on the same boot: the frozen
+// original is thawed, the ended one restored from the region, once each,
+// and the region released.
+func TestRecoverAfterCommitOnSameBoot(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := newFake("a", map[string]int64{"x": 1 << 20, "y": 1 << 20})
+	ctx := context.Background()
+	if _, err := suspend(t, ctx, e.opts(a)); err != nil {
+		t.Fatal(err)
+	}
+	// Replay the kill: the journal as it was before "committed", x not
+	// finished yet.
+	j, err := checkpoint.ReadJournal(e.journal)
+	if err != nil || j == nil {
+		t.Fatalf("journal: %v, %v", j, err)
+	}
+	j.State = checkpoint.StateFrozen
+	if err := j.Save(); err != nil {
+		t.Fatal(err)
+	}
+	a.set("x", "ended", "frozen")
+	back, err := checkpoint.RecoverWith(ctx, checkpoint.RecoverOptions{Journal: e.journal, ResumeState: e.state, Backends: []hypervisors.Backend{a}})
+	if err != nil || len(back) != 2 {
+		t.Fatalf("Recover = %v, %v", back, err)
+	}
+	if a.state("x") != "running" || a.state("y") != "running" || a.ws["x"].restored != 0 || a.ws["y"].restored != 1 {
+		t.Fatalf("x %s (restored %d), y %s (restored %d)", a.state("x"), a.ws["x"].restored, a.state("y"), a.ws["y"].restored)
+	}
+	if j, _ := checkpoint.ReadJournal(e.journal); j != nil {
+		t.Fatal("journal kept")
+	}
+	assertRegionEmpty(t, e)
 }

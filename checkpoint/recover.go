@@ -9,46 +9,121 @@ import (
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/journal"
+	"github.com/ckpt-dev/ckpt/memregion"
+	"github.com/ckpt-dev/ckpt/restore"
 )
 
-// Recover undoes what a crashed suspend left (a journal before the commit
-// point): every freeze it issued is thawed, and a workload whose dump
-// ended it is brought back from its images (hypervisors.Reviver). The
-// journal is removed only when all of that succeeded; a committed one is
-// left for resume-all. It runs on ctx without its cancel, bounded by
-// DefaultCleanupTimeout, and returns what it brought back.
+// RecoverOptions configure a recover. Zero values mean defaults.
+type RecoverOptions struct {
+	Journal     string // default DefaultJournal
+	ResumeState string // the resume's record (default restore.DefaultState)
+	Backends    []hypervisors.Backend
+	Logger      *slog.Logger
+}
+
+// Recover undoes what a crashed suspend left, so that every workload runs
+// again on this boot:
+//   - before the commit point (the region holds no sealed checkpoint):
+//     every freeze it issued is thawed, a workload whose dump ended it is
+//     brought back from its images (hypervisors.Reviver), and the
+//     region's uncommitted objects are dropped;
+//   - after it, on the same boot (no kexec happened): the originals still
+//     frozen are thawed and the ones already ended are restored from the
+//     region, which is then released (restore.ResumeHeld);
+//   - a committed checkpoint from an earlier boot is resume-all's.
+//
+// The journal is removed only when all of that succeeded. It runs on ctx
+// without its cancel, bounded by DefaultCleanupTimeout, and returns what
+// runs again.
 func Recover(ctx context.Context, path string, backends []hypervisors.Backend, log *slog.Logger) ([]string, error) {
+	return RecoverWith(ctx, RecoverOptions{Journal: path, Backends: backends, Logger: log})
+}
+
+// RecoverWith is Recover with all its options.
+func RecoverWith(ctx context.Context, o RecoverOptions) ([]string, error) {
 	unlock, err := Lock()
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	return recoverLocked(ctx, path, backends, log)
+	return recoverLocked(ctx, o)
 }
 
 // recoverLocked is Recover for a caller holding the lock: whoever wrote
 // the journal is not running any more.
-func recoverLocked(ctx context.Context, path string, backends []hypervisors.Backend, log *slog.Logger) ([]string, error) {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+func recoverLocked(ctx context.Context, o RecoverOptions) ([]string, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	j, err := journal.Read(path)
-	if err != nil || j == nil || j.State == StateCommitted {
+	if o.Journal == "" {
+		o.Journal = DefaultJournal
+	}
+	j, err := journal.Read(o.Journal)
+	if err != nil || j == nil {
 		return nil, err
 	}
 	ctx, cancel := detached(ctx, DefaultCleanupTimeout)
 	defer cancel()
+	sameBoot := j.BootID == journal.BootID()
+	r, rerr := memregion.Open(j.Region, memregion.Options{Logger: o.Logger})
+	if rerr == nil {
+		defer r.Close()
+		if sealed, _ := r.Sealed(); sealed && j.State != StateCommitted {
+			// Killed between the seal and its journal entry: the seal
+			// is the commit point.
+			j.State = StateCommitted
+			if err := j.Save(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if j.State == StateCommitted {
+		if !sameBoot || rerr != nil {
+			return nil, rerr // resume-all's, after the kexec
+		}
+		return resumeCommitted(ctx, o, j)
+	}
+	back, err := undoFreezes(ctx, o, j, sameBoot)
+	if err != nil {
+		return back, err
+	}
+	if rerr == nil {
+		if err := r.Discard(); err != nil {
+			return back, fmt.Errorf("dropping the region's uncommitted objects: %w", err)
+		}
+	}
+	return back, j.Remove()
+}
+
+// resumeCommitted brings back, on the boot that made it, every workload
+// of a committed checkpoint whose suspend was cut short.
+func resumeCommitted(ctx context.Context, o RecoverOptions, j *Journal) ([]string, error) {
+	o.Logger.Warn("a suspend was cut short after its commit; bringing its workloads back on this boot", "pid", j.PID)
+	res, err := restore.ResumeHeld(ctx, restore.Options{Region: j.Region, Backends: o.Backends, Journal: o.Journal,
+		State: o.ResumeState, Logger: o.Logger})
+	var back []string
+	if res != nil {
+		for _, w := range res.Restored {
+			back = append(back, w.Key)
+		}
+		back = append(back, res.Skipped...)
+	}
+	return back, err
+}
+
+// undoFreezes thaws (or revives) every workload whose freeze the journal
+// says may have been issued.
+func undoFreezes(ctx context.Context, o RecoverOptions, j *Journal, sameBoot bool) ([]string, error) {
 	byName := map[string]hypervisors.Backend{}
-	for _, b := range backends {
+	for _, b := range o.Backends {
 		byName[b.Name()] = b
 	}
-	// Frozen processes do not survive a reboot; a workload its dump
-	// ended may, in images on disk.
-	sameBoot := j.BootID == journal.BootID()
 	var back []string
 	var errs []error
 	for _, w := range j.Workloads {
 		k := Key(w)
+		// Frozen processes do not survive a reboot; a workload its dump
+		// ended may, in images on disk.
 		rescue, rescued := j.Rescues[k]
 		if !rescued && (!sameBoot || !j.MayHaveFrozen(k)) {
 			continue
@@ -60,20 +135,17 @@ func recoverLocked(ctx context.Context, path string, backends []hypervisors.Back
 		}
 		err := undoFreeze(ctx, b, w, rescue)
 		if errors.Is(err, hypervisors.ErrNotFound) && !rescued {
-			log.Warn("recover: workload is gone", "workload", k, "err", err)
+			o.Logger.Warn("recover: workload is gone", "workload", k, "err", err)
 			continue
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("recover %s: %w", k, err))
 			continue
 		}
-		log.Info("recover: running again", "workload", k)
+		o.Logger.Info("recover: running again", "workload", k)
 		back = append(back, k)
 	}
-	if err := errors.Join(errs...); err != nil {
-		return back, err
-	}
-	return back, j.Remove()
+	return back, errors.Join(errs...)
 }
 
 // undoFreeze thaws w, or revives it from its rescue record.
@@ -94,6 +166,6 @@ func RecoverIfNeeded(ctx context.Context, path string, backends []hypervisors.Ba
 	if log != nil {
 		log.Warn("a previous suspend did not finish; undoing what it froze", "pid", j.PID, "state", j.State)
 	}
-	_, err = recoverLocked(ctx, path, backends, log)
+	_, err = recoverLocked(ctx, RecoverOptions{Journal: path, Backends: backends, Logger: log})
 	return err
 }

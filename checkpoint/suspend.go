@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/journal"
 	"github.com/ckpt-dev/ckpt/memregion"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
@@ -60,10 +61,12 @@ func Suspend(ctx context.Context, p *Plan) (*Result, error) {
 		return nil, &PhaseError{Phase: "open region", Err: err}
 	}
 	defer r.Close()
+	journal.Failpoint("plan")
 	s := newSuspendRun(p, r)
 	if err := s.saveJournal(); err != nil {
 		return nil, &PhaseError{Phase: "journal", Err: err}
 	}
+	journal.Failpoint("journal")
 	for _, phase := range []func(context.Context) error{s.preDump, s.freezeAll, s.dumpAll} {
 		if err := phase(ctx); err != nil {
 			return nil, err
@@ -129,7 +132,11 @@ func (s *suspendRun) rescue(key string, record json.RawMessage) error {
 		s.j.Rescues = map[string]json.RawMessage{}
 	}
 	s.j.Rescues[key] = record
-	return s.j.Save()
+	if err := s.j.Save(); err != nil {
+		return err
+	}
+	journal.Failpoint("dump:rescue")
+	return nil
 }
 
 // preDump copies memory ahead of the freeze, where backends can.
@@ -168,6 +175,7 @@ func (s *suspendRun) freezeAll(ctx context.Context) error {
 	if err := s.saveJournal(); err != nil {
 		return s.rollback(ctx, "journal", "", err)
 	}
+	journal.Failpoint("freeze:start")
 	g, gctx := errgroup.WithContext(ctx)
 	var first firstKey
 	var mu sync.Mutex
@@ -181,6 +189,7 @@ func (s *suspendRun) freezeAll(ctx context.Context) error {
 			mu.Lock()
 			s.frozenAt[i] = time.Now()
 			mu.Unlock()
+			journal.Failpoint("freeze:one")
 			s.opts.emit(Event{Phase: "freeze", Workload: pl.Key})
 			return nil
 		})
@@ -195,6 +204,7 @@ func (s *suspendRun) freezeAll(ctx context.Context) error {
 	if err := s.saveJournal(); err != nil {
 		return s.rollback(ctx, "journal", "", err)
 	}
+	journal.Failpoint("freeze:done")
 	s.phase("freeze", start)
 	return nil
 }
@@ -285,6 +295,7 @@ func (s *suspendRun) dumpAll(ctx context.Context) error {
 	case err != nil:
 		return s.rollback(ctx, "dump", "", err)
 	}
+	journal.Failpoint("dump:done")
 	took := time.Since(start)
 	s.phase("dump", start)
 	for i := range s.records {
@@ -362,6 +373,7 @@ func (s *suspendRun) dumpOne(ctx context.Context, i int, pl Planned) error {
 		Prefix: pre, Objects: objs, Restore: recipe}
 	s.res.Workloads[i] = WorkloadResult{Key: pl.Key, Bytes: n, DumpS: time.Since(start).Seconds()}
 	s.opts.emit(Event{Phase: "dump", Workload: pl.Key, Bytes: n, Elapsed: time.Since(start).Seconds()})
+	journal.Failpoint("dump:one")
 	return nil
 }
 
@@ -390,9 +402,11 @@ func (s *suspendRun) seal(ctx context.Context) error {
 		attrs[k] = v
 	}
 	m := &memregion.Manifest{Workloads: s.records, Attributes: attrs}
+	journal.Failpoint("seal:before")
 	if err := s.r.Seal(ctx, m); err != nil {
 		return s.rollback(ctx, "seal", "", err)
 	}
+	journal.Failpoint("seal:done")
 	sealedAt := time.Now()
 	s.phase("seal", start)
 	s.opts.emit(Event{Phase: "seal", Bytes: s.res.Bytes})
@@ -419,6 +433,7 @@ func (s *suspendRun) finishAll(ctx context.Context) error {
 			continue
 		}
 		s.res.Workloads[i].FinishOK = true
+		journal.Failpoint("finish:one")
 		s.opts.emit(Event{Phase: "finish", Workload: pl.Key})
 	}
 	s.phase("finish", start)

@@ -264,7 +264,7 @@ func TestKilledSuspendIsRecovered(t *testing.T) {
 	}
 	time.Sleep(time.Second) // the orphaned runc/CRIU finish their dumps
 	out, err := h.run("recover")
-	if err != nil || !strings.Contains(out, "thawed") {
+	if err != nil || !strings.Contains(out, "running again") {
 		t.Fatalf("recover: %v", err)
 	}
 	h.running(before)

@@ -95,12 +95,18 @@ func ReadState(path string) *State {
 // every workload of the manifest is back and every object verified: a
 // region with a bad object anywhere is kept, even one no workload names.
 func ResumeAll(ctx context.Context, opts Options) (*Result, error) {
-	opts = opts.withDefaults()
 	unlock, err := journal.Lock()
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	return ResumeHeld(ctx, opts)
+}
+
+// ResumeHeld is ResumeAll for a caller that holds journal.Lock (ckpt
+// recover).
+func ResumeHeld(ctx context.Context, opts Options) (*Result, error) {
+	opts = opts.withDefaults()
 	r, err := memregion.Open(opts.Region, memregion.Options{Logger: opts.Logger})
 	if err != nil {
 		return nil, err
@@ -114,9 +120,11 @@ func ResumeAll(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	todo = run.thawOriginals(ctx, todo)
 	for _, wave := range waves(todo, opts.Order) {
 		run.restoreWave(ctx, wave)
 	}
+	journal.Failpoint("restore:done")
 	run.res.Seconds = time.Since(run.start).Seconds()
 	if len(run.res.Failed) > 0 {
 		return run.res, fmt.Errorf("%w: %d of %d failed, their images are kept; run resume-all again to retry", ErrPartial, len(run.res.Failed), len(todo))
@@ -218,16 +226,12 @@ func recordKey(rec memregion.WorkloadRecord) string { return rec.Backend + "/" +
 
 // restoreWave restores one wave's workloads in parallel.
 func (run *resumeRun) restoreWave(ctx context.Context, wave []memregion.WorkloadRecord) {
-	byName := map[string]hypervisors.Backend{}
-	for _, b := range run.opts.Backends {
-		byName[b.Name()] = b
-	}
 	g := errgroup.Group{}
 	g.SetLimit(run.opts.Concurrency)
 	for _, rec := range wave {
 		g.Go(func() error {
 			t0 := time.Now()
-			err := run.restoreOne(ctx, rec, byName[rec.Backend])
+			err := run.restoreOne(ctx, rec, run.backend(rec.Backend))
 			run.done(recordKey(rec), time.Since(t0), err)
 			return nil
 		})
@@ -277,6 +281,53 @@ func (run *resumeRun) done(k string, took time.Duration, err error) {
 		run.log.Error("recording the restore", "err", err)
 	}
 	run.emit(journal.Event{Phase: "restore", Workload: k, Elapsed: took.Seconds()})
+	journal.Failpoint("restore:one")
+}
+
+// thawOriginals handles a resume on the boot that made the checkpoint
+// (no kexec yet: suspend-all --no-kexec, or one killed after its commit):
+// a workload whose original still exists, frozen, is thawed rather than
+// restored a second time beside it; the rest are restored. It returns
+// those.
+func (run *resumeRun) thawOriginals(ctx context.Context, todo []memregion.WorkloadRecord) []memregion.WorkloadRecord {
+	j, _ := journal.Read(run.opts.Journal)
+	if j == nil || j.State != journal.StateCommitted || j.BootID != journal.BootID() {
+		return todo
+	}
+	byKey := map[string]hypervisors.Workload{}
+	for _, w := range j.Workloads {
+		byKey[w.Backend+"/"+w.ID] = w
+	}
+	var rest []memregion.WorkloadRecord
+	for _, rec := range todo {
+		k := recordKey(rec)
+		w, ok := byKey[k]
+		b := run.backend(rec.Backend)
+		if !ok || b == nil {
+			rest = append(rest, rec)
+			continue
+		}
+		t0 := time.Now()
+		switch err := b.Thaw(ctx, w); {
+		case err == nil:
+			run.log.Info("the original was still there, frozen: thawed instead of restored", "workload", k)
+			run.done(k, time.Since(t0), nil)
+		case errors.Is(err, hypervisors.ErrNotFound):
+			rest = append(rest, rec)
+		default:
+			run.done(k, time.Since(t0), fmt.Errorf("its original is still there and could not be thawed: %w", err))
+		}
+	}
+	return rest
+}
+
+func (run *resumeRun) backend(name string) hypervisors.Backend {
+	for _, b := range run.opts.Backends {
+		if b.Name() == name {
+			return b
+		}
+	}
+	return nil
 }
 
 // ErrKept is wrapped when every workload is back but the region is kept

@@ -460,7 +460,7 @@ func newRecoverCommand(g *globals) *cobra.Command {
 	var f engineFlags
 	c := &cobra.Command{
 		Use:   "recover",
-		Short: "Thaw the workloads a crashed suspend-all left frozen",
+		Short: "Bring back, on this boot, every workload a crashed or killed suspend-all left frozen or ended",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel, log, bs, err := f.start(cmd, g, false)
@@ -468,13 +468,13 @@ func newRecoverCommand(g *globals) *cobra.Command {
 				return err
 			}
 			defer cancel()
-			thawed, err := checkpoint.Recover(ctx, f.journal, bs, log)
-			g.print(cmd.OutOrStdout(), map[string]any{"thawed": thawed}, func(w io.Writer) {
-				if len(thawed) == 0 {
+			back, err := checkpoint.RecoverWith(ctx, checkpoint.RecoverOptions{Journal: f.journal, ResumeState: f.state, Backends: bs, Logger: log})
+			g.print(cmd.OutOrStdout(), map[string]any{"running": back}, func(w io.Writer) {
+				if len(back) == 0 && err == nil {
 					fmt.Fprintln(w, "nothing to recover")
 				}
-				for _, k := range thawed {
-					fmt.Fprintln(w, "thawed", k)
+				for _, k := range back {
+					fmt.Fprintln(w, "running again:", k)
 				}
 			})
 			return err

@@ -73,6 +73,7 @@ func TestStoppedTaskRefused(t *testing.T) {
 	conformanceRunsOn(t, p)
 	waitState(t, child, "T")
 }
+
 // roundTrip freezes, dumps into a dir region, seals, finishes and
 // restores the container, and checks it runs on; a failed dump must
 // leave it running (the rollback).

@@ -152,6 +152,9 @@ func (r *Runtime) Thaw(ctx context.Context, w hypervisors.Workload) error {
 	if err != nil {
 		return err
 	}
+	if isTree(w) && len(cg.pidList()) == 0 {
+		return fmt.Errorf("%w: %s: its cgroup holds no process", hypervisors.ErrNotFound, w.ID)
+	}
 	if w.Attrs["status"] == "paused" {
 		return waitUntraced(ctx, cg.pidList(), r.cfg.CancelGrace)
 	}
