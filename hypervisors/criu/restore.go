@@ -50,6 +50,7 @@ func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec r
 		return err
 	}
 	defer os.RemoveAll(work)
+	img = r.rearmTimerfds(w, img, work)
 	logf, err := startLogShim(ctx, "ckpt-log-"+rec.ID, filepath.Join(r.cfg.LogDir, rec.ID+".log"))
 	if err != nil {
 		return err

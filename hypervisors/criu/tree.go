@@ -284,6 +284,7 @@ func (r *Runtime) restoreTreeFrom(ctx context.Context, w hypervisors.Workload, r
 		return err
 	}
 	defer os.RemoveAll(work)
+	img = r.rearmTimerfds(w, img, work)
 	if rec.Unit != "" {
 		if _, err := os.Stat(systemdRun); err == nil {
 			if err := r.restoreUnit(ctx, rec.Unit, work, treeCLIArgs(rec, img, work)); err != nil {
