@@ -436,6 +436,7 @@ func (s *suspendRun) finishAll(ctx context.Context) error {
 		journal.Failpoint("finish:one")
 		s.opts.emit(Event{Phase: "finish", Workload: pl.Key})
 	}
+	journal.Failpoint("finish:done")
 	s.phase("finish", start)
 	s.opts.emit(Event{Phase: "done", Bytes: s.res.Bytes})
 	if err := errors.Join(errs...); err != nil {

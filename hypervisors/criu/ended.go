@@ -98,6 +98,13 @@ func (r *Runtime) revive(ctx context.Context, w hypervisors.Workload, e *ended) 
 	if err != nil && !errors.Is(err, hypervisors.ErrNotFound) {
 		return err
 	}
+	if err == nil {
+		// A CRIU left by a killed ckpt may still be dumping it: whether
+		// the workload lives on is known once it is done.
+		if err := waitUntraced(ctx, cg.pidList(), r.cfg.CancelGrace); err != nil {
+			return err
+		}
+	}
 	if err == nil && len(cg.pidList()) > 0 {
 		if err := cg.ThawVerified(ctx, r.cfg.CancelGrace); err != nil {
 			return err
