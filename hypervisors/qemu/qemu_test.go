@@ -325,3 +325,79 @@ func TestCorruptStateRefused(t *testing.T) {
 		t.Fatalf("region after a refused restore: sealed=%v, %v", sealed, err)
 	}
 }
+
+// TestCrashedDumpSettingsPutBack: the migration settings a dump changes
+// (bandwidth limit, multifd) are recorded in the workload the plan saw,
+// which the journal keeps; the Thaw of a recover, by a new backend after
+// the ckpt that changed them died, puts them back and continues the VM.
+func TestCrashedDumpSettingsPutBack(t *testing.T) {
+	testenv.RequireRoot(t)
+	sockDir := t.TempDir()
+	g := workloads.StartGuest(t, emulators(t)["qemu10"], sockDir, 256)
+	ctx := context.Background()
+	b := newBackend(t, sockDir)
+	ws, err := b.Discover(ctx)
+	if err != nil || len(ws) != 1 {
+		t.Fatalf("Discover = %v, %v", ws, err)
+	}
+	w := ws[0] // as journalled
+	if err := b.Freeze(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	frozenAt := g.Ticks()
+	b.Close() // ckpt dies mid-dump, after changing the settings:
+	m, err := qemu.Dial(ctx, g.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before map[string]json.RawMessage
+	if err := m.Execute(ctx, "query-migrate-parameters", nil, &before); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": 12345, "multifd-channels": 7}, nil); err != nil {
+		t.Fatal(err)
+	}
+	caps := map[string]any{"capabilities": []map[string]any{{"capability": "multifd", "state": true}}}
+	if err := m.Execute(ctx, "migrate-set-capabilities", caps, nil); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	b2 := newBackend(t, sockDir)
+	if err := b2.Thaw(ctx, w); err != nil {
+		t.Fatalf("Thaw of the recover: %v", err)
+	}
+	b2.Close()
+	m, err = qemu.Dial(ctx, g.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var after map[string]json.RawMessage
+	if err := m.Execute(ctx, "query-migrate-parameters", nil, &after); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"max-bandwidth", "multifd-channels"} {
+		if string(after[k]) != string(before[k]) {
+			t.Errorf("%s is %s after the recover, was %s", k, after[k], before[k])
+		}
+	}
+	var capList []struct {
+		Capability string `json:"capability"`
+		State      bool   `json:"state"`
+	}
+	if err := m.Execute(ctx, "query-migrate-capabilities", nil, &capList); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range capList {
+		if c.Capability == "multifd" && c.State {
+			t.Error("multifd is still on after the recover")
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for g.Ticks() <= frozenAt && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if g.Ticks() <= frozenAt {
+		t.Fatal("the VM does not run after the recover")
+	}
+}
