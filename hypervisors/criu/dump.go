@@ -26,9 +26,12 @@ type recipe struct {
 	TCP     bool     `json:"tcp_established,omitempty"`
 	// Locks are the connections in the host's network namespace: a new
 	// kernel must drop their packets until the restore (see PrepareBoot).
-	Locks []tcpConn  `json:"net_locks,omitempty"`
-	Needs criuNeeds  `json:"criu,omitempty"` // what CRIU was told (file locks, …)
-	Stats *DumpStats `json:"stats,omitempty"`
+	Locks []tcpConn `json:"net_locks,omitempty"`
+	Needs criuNeeds `json:"criu,omitempty"` // what CRIU was told (file locks, …)
+	// Stopped are the tasks (namespace pids) that were stopped: restored
+	// stopped (see stopped.go).
+	Stopped []int      `json:"stopped,omitempty"`
+	Stats   *DumpStats `json:"stats,omitempty"`
 }
 
 // DumpStats are CRIU's own numbers for one dump.
@@ -78,7 +81,8 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 	}()
 	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
 	img, direct := imageDir(dst, imagePrefix, img)
-	rec := recipe{Runtime: "runc", Root: r.cfg.RuncRoot, ID: w.ID, Bundle: st.Bundle, TCP: len(conns) > 0, Locks: hostConns(conns)}
+	rec := recipe{Runtime: "runc", Root: r.cfg.RuncRoot, ID: w.ID, Bundle: st.Bundle, TCP: len(conns) > 0, Locks: hostConns(conns),
+		Stopped: nsPids(r.loadStopped(w.ID))}
 	if tasks := r.tasks(ctx, w); tasks != nil {
 		rec.Needs = needsOf(tasks()).withOptions(r.cfg.Options, w.ID)
 	}

@@ -106,11 +106,12 @@ func (r *Runtime) revive(ctx context.Context, w hypervisors.Workload, e *ended) 
 		}
 	}
 	if err == nil && len(cg.pidList()) > 0 {
+		restopped := r.restop(w.ID)
 		if err := cg.ThawVerified(ctx, r.cfg.CancelGrace); err != nil {
 			return err
 		}
 		e.remove()
-		return nil
+		return restopped()
 	}
 	if _, err := os.Stat(filepath.Join(e.Img, "inventory.img")); err != nil {
 		return fmt.Errorf("%s is gone and its dump did not complete (%v): nothing to bring it back from", w.ID, err)

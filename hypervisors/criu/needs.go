@@ -136,38 +136,6 @@ func validOption(o string) error {
 	return nil
 }
 
-// stoppedTask returns a task of pids in the stopped state (SIGSTOP), or 0.
-// CRIU hangs seizing a stopped task in a frozen cgroup (ptrace and the
-// freezer wait for each other, criu#1905), and runc always hands CRIU the
-// container's freezer.
-func stoppedTask(pids []int) (int, string) {
-	for _, pid := range pids {
-		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-		for _, t := range tasks {
-			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
-			if err != nil {
-				continue
-			}
-			s := string(b)
-			i := strings.LastIndexByte(s, ')')
-			if i > 0 && i+2 < len(s) && s[i+2] == 'T' {
-				comm := s[strings.IndexByte(s, '(')+1 : i]
-				return pid, comm
-			}
-		}
-	}
-	return 0, ""
-}
-
-// refuseStopped is the preflight's and the freeze's check for stoppedTask.
-func refuseStopped(id string, pids []int) error {
-	if pid, comm := stoppedTask(pids); pid != 0 {
-		return fmt.Errorf("%w: %s: pid %d (%s) is stopped (SIGSTOP or job control); CRIU hangs seizing a stopped task in a frozen cgroup. "+
-			"Continue it (kill -CONT %d) before the update, or stop it from inside once it runs again", hypervisors.ErrNotCheckpointable, id, pid, comm, pid)
-	}
-	return nil
-}
-
 // rpc sets n in a CRIU RPC request; the operator's options go in a
 // configuration file in dir.
 func (n criuNeeds) rpc(opts *rpc.CriuOpts, dir string) error {

@@ -51,6 +51,9 @@ func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec r
 	}
 	defer os.RemoveAll(work)
 	img = r.rearmTimerfds(w, img, work)
+	if img, err = restoreStopped(img, work, rec.Stopped); err != nil {
+		return fmt.Errorf("restore %s: %w", w.ID, err)
+	}
 	logf, err := startLogShim(ctx, "ckpt-log-"+rec.ID, filepath.Join(r.cfg.LogDir, rec.ID+".log"))
 	if err != nil {
 		return err

@@ -116,21 +116,21 @@ func (r *Runtime) cgroup(ctx context.Context, w hypervisors.Workload) (*cgroup, 
 	return cgroupOfPID(st.Pid)
 }
 
-// Freeze implements hypervisors.Backend with the cgroup freezer. A task
-// stopped since the plan fails it (see stoppedTask), thawed again.
+// Freeze implements hypervisors.Backend with the cgroup freezer. Tasks
+// that were stopped are continued inside the frozen cgroup (see
+// stopped.go); Thaw and Restore stop them again.
 func (r *Runtime) Freeze(ctx context.Context, w hypervisors.Workload) error {
 	cg, err := r.cgroup(ctx, w)
 	if err != nil {
 		return err
 	}
-	if err := refuseStopped(w.ID, cg.pidList()); err != nil {
-		return err // a frozen stopped task shows as sleeping: look first
-	}
+	stopped := stoppedOf(cg.pidList()) // a frozen stopped task shows as sleeping: look first
 	if err := cg.Freeze(ctx); err != nil {
 		return err
 	}
-	if err := refuseStopped(w.ID, cg.pidList()); err != nil {
-		return errors.Join(err, cg.Thaw())
+	if err := r.continueStopped(w, stopped); err != nil {
+		wait := r.restop(w.ID)
+		return errors.Join(err, cg.Thaw(), wait())
 	}
 	return nil
 }
@@ -158,7 +158,14 @@ func (r *Runtime) Thaw(ctx context.Context, w hypervisors.Workload) error {
 	if w.Attrs["status"] == "paused" {
 		return waitUntraced(ctx, cg.pidList(), r.cfg.CancelGrace)
 	}
-	return cg.ThawVerified(ctx, r.cfg.CancelGrace)
+	if err := waitUntraced(ctx, cg.pidList(), r.cfg.CancelGrace); err != nil {
+		return fmt.Errorf("thaw: %w", err)
+	}
+	restopped := r.restop(w.ID) // before the thaw: no user code runs in between
+	if err := cg.ThawVerified(ctx, r.cfg.CancelGrace); err != nil {
+		return err
+	}
+	return restopped()
 }
 
 // Finish ends the original container after its checkpoint is committed:
@@ -166,6 +173,7 @@ func (r *Runtime) Thaw(ctx context.Context, w hypervisors.Workload) error {
 // the dump, then the container is thawed (to die) and deleted.
 func (r *Runtime) Finish(ctx context.Context, w hypervisors.Workload) error {
 	r.pre.drop(w.ID)
+	defer r.dropStopped(w.ID)
 	if e := r.ended.take(w.ID); e != nil {
 		e.remove() // the dump ended it already
 		return nil
@@ -200,9 +208,6 @@ func (r *Runtime) Preflight(ctx context.Context, w hypervisors.Workload) error {
 	if cg, err := cgroupOfPID(st.Pid); err == nil {
 		if pids, err := cg.Pids(); err == nil {
 			if err := cgroupFiles(w.ID, pids); err != nil {
-				return err
-			}
-			if err := refuseStopped(w.ID, pids); err != nil {
 				return err
 			}
 		}

@@ -43,11 +43,12 @@ type treeRecipe struct {
 	Locks  []tcpConn `json:"net_locks,omitempty"` // see recipe.Locks
 	// Unit is the systemd service whose cgroup this is: systemd starts it
 	// again at restore, so that it manages the tree (see unit.go).
-	Unit  string     `json:"systemd_unit,omitempty"`
-	Pipes []string   `json:"pipes,omitempty"`     // stdio pipes ("pipe:[N]") to reconnect
-	Shell bool       `json:"shell_job,omitempty"` // the session is outside the tree
-	Needs criuNeeds  `json:"criu,omitempty"`      // what CRIU was told (file locks, …)
-	Stats *DumpStats `json:"stats,omitempty"`
+	Unit    string     `json:"systemd_unit,omitempty"`
+	Pipes   []string   `json:"pipes,omitempty"`     // stdio pipes ("pipe:[N]") to reconnect
+	Shell   bool       `json:"shell_job,omitempty"` // the session is outside the tree
+	Needs   criuNeeds  `json:"criu,omitempty"`      // what CRIU was told (file locks, …)
+	Stopped []int      `json:"stopped,omitempty"`   // see recipe.Stopped
+	Stats   *DumpStats `json:"stats,omitempty"`
 }
 
 // discoverTrees lists the configured cgroups that hold processes.
@@ -133,9 +134,9 @@ func procStat(pid int) (stat, error) {
 
 // treeRoot is the one process CRIU dumps the tree from.
 func (r *Runtime) treeRoot(w hypervisors.Workload) (*cgroup, []int, int, error) {
-	cg, err := cgroupOfPath(treePath(w))
+	cg, err := r.cgroup(context.Background(), w)
 	if err != nil {
-		return nil, nil, 0, fmt.Errorf("%w: %s: %v", hypervisors.ErrNotFound, w.ID, err)
+		return nil, nil, 0, err
 	}
 	pids, err := cg.Pids()
 	if err != nil {
@@ -146,7 +147,8 @@ func (r *Runtime) treeRoot(w hypervisors.Workload) (*cgroup, []int, int, error) 
 	case len(pids) == 0:
 		return nil, nil, 0, fmt.Errorf("%w: %s holds no process", hypervisors.ErrNotFound, w.ID)
 	case len(roots) != 1:
-		return nil, nil, 0, fmt.Errorf("%w: %s holds %d separate process trees (%v); CRIU dumps one tree",
+		return nil, nil, 0, fmt.Errorf("%w: %s holds %d separate process trees (roots %v); CRIU restores one tree per cgroup. "+
+			"Give each tree a cgroup of its own (a systemd unit each, or systemd-run --scope) and list those, or start them from one parent (a shell or a subreaper)",
 			hypervisors.ErrNotCheckpointable, w.ID, len(roots), roots)
 	}
 	return cg, pids, roots[0], nil
@@ -159,9 +161,6 @@ func (r *Runtime) preflightTree(w hypervisors.Workload) error {
 		return err
 	}
 	if err := cgroupFiles(w.ID, pids); err != nil {
-		return err
-	}
-	if err := refuseStopped(w.ID, pids); err != nil {
 		return err
 	}
 	for fd := 0; fd <= 2; fd++ {
@@ -209,6 +208,7 @@ func (r *Runtime) dumpTree(ctx context.Context, w hypervisors.Workload, dst hype
 	img, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
 	img, direct := imageDir(dst, imagePrefix, img)
 	rec.Needs = needsOf(pids).withOptions(r.cfg.Options, w.ID)
+	rec.Stopped = nsPids(r.loadStopped(w.ID))
 	ends := endsWithDump(conns, rec.Needs)
 	opts := &rpc.CriuOpts{
 		Pid:            proto.Int32(int32(root)),
@@ -285,6 +285,9 @@ func (r *Runtime) restoreTreeFrom(ctx context.Context, w hypervisors.Workload, r
 	}
 	defer os.RemoveAll(work)
 	img = r.rearmTimerfds(w, img, work)
+	if img, err = restoreStopped(img, work, rec.Stopped); err != nil {
+		return fmt.Errorf("restore %s: %w", w.ID, err)
+	}
 	if rec.Unit != "" {
 		if _, err := os.Stat(systemdRun); err == nil {
 			if err := r.restoreUnit(ctx, rec.Unit, work, treeCLIArgs(rec, img, work)); err != nil {
