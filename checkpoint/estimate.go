@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
+	"github.com/ckpt-dev/ckpt/internal/atomicfile"
 )
 
 // lastRun is the throughput of the last suspend (or dry run, as ckpt bench
@@ -31,11 +32,7 @@ func saveLastRun(journal string, r lastRun) error {
 	if err != nil {
 		return err
 	}
-	p := lastRunPath(journal)
-	if err := os.WriteFile(p+".tmp", b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(p+".tmp", p)
+	return atomicfile.Write(lastRunPath(journal), b, 0o600)
 }
 
 // estimateFrozen fills the plan's frozen-time estimate: the bytes to dump

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/ckpt-dev/ckpt/internal/atomicfile"
 )
 
 // DefaultMetricsDir is where Debian's prometheus-node-exporter reads
@@ -48,12 +50,7 @@ func (m *Metrics) WriteFile(dir, name string) error {
 	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		return nil
 	}
-	path := filepath.Join(dir, name+".prom")
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strings.Join(m.lines, "\n")+"\n"), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(filepath.Join(dir, name+".prom"), []byte(strings.Join(m.lines, "\n")+"\n"), 0o644)
 }
 
 // SuspendMetrics are a suspend's metrics; err is the run's outcome.

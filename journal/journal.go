@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/internal/atomicfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -52,24 +53,7 @@ func (j *Journal) Save() error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(j.Path), 0o700); err != nil {
-		return err
-	}
-	tmp := j.Path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(tmp, j.Path)
+	return atomicfile.Write(j.Path, b, 0o600)
 }
 
 // Remove deletes the journal (after a rollback or a resume).
