@@ -22,6 +22,9 @@ type Options struct {
 	Region string
 	// Backends are the loaded backends (hypervisors.Load).
 	Backends []hypervisors.Backend
+	// Skipped are the backends that declined to load, with why
+	// (hypervisors.Load's skipped); the plan reports them.
+	Skipped map[string]error
 	// Concurrency is how many workloads dump at once (default: measured,
 	// see MeasureConcurrency, at most 4).
 	Concurrency int
@@ -96,6 +99,10 @@ type Plan struct {
 	Warnings []string `json:"warnings,omitempty"`
 	// Kexec is the kernel the plan checked (Options.Kexec).
 	Kexec *kexec.Image `json:"kexec,omitempty"`
+	// ActiveBackends are the backends that looked for workloads;
+	// SkippedBackends those that could not run here, and why.
+	ActiveBackends  []string          `json:"active_backends"`
+	SkippedBackends map[string]string `json:"skipped_backends,omitempty"`
 	// EstimatedFrozenS is how long the dump should keep workloads frozen,
 	// from EstimateBasis.
 	EstimatedFrozenS float64 `json:"estimated_frozen_s"`
@@ -157,6 +164,16 @@ func NewPlan(ctx context.Context, opts Options) (*Plan, error) {
 	for k := range only {
 		p.Problems = append(p.Problems, fmt.Sprintf("%s: no such workload", k))
 	}
+	p.Problems = append(p.Problems, claimedTwice(p.Workloads)...)
+	for _, b := range opts.Backends {
+		p.ActiveBackends = append(p.ActiveBackends, b.Name())
+	}
+	for name, why := range opts.Skipped {
+		if p.SkippedBackends == nil {
+			p.SkippedBackends = map[string]string{}
+		}
+		p.SkippedBackends[name] = why.Error()
+	}
 	// Largest first: the dump scheduler's order.
 	sort.SliceStable(p.Workloads, func(i, j int) bool { return p.Workloads[i].Bytes > p.Workloads[j].Bytes })
 	r, err := memregion.Open(opts.Region, memregion.Options{Logger: opts.Logger})
@@ -184,6 +201,25 @@ func NewPlan(ctx context.Context, opts Options) (*Plan, error) {
 		return p, &PlanError{Problems: p.Problems}
 	}
 	return p, nil
+}
+
+// claimedTwice finds processes two backends both claim (a manager's
+// container also seen as a bare runc one through a shared runc root):
+// suspending one would leave the other's view wrong.
+func claimedTwice(ws []Planned) []string {
+	by := map[int]string{}
+	var out []string
+	for _, pl := range ws {
+		if pl.Workload.PID <= 0 {
+			continue
+		}
+		if other, dup := by[pl.Workload.PID]; dup && !strings.HasPrefix(other, pl.Workload.Backend+"/") {
+			out = append(out, fmt.Sprintf("%s and %s are the same process (pid %d): exactly one backend must claim a workload", other, pl.Key, pl.Workload.PID))
+			continue
+		}
+		by[pl.Workload.PID] = pl.Key
+	}
+	return out
 }
 
 func (p *Plan) headroom() int64 {

@@ -50,6 +50,7 @@ type fake struct {
 }
 
 type fakeWorkload struct {
+	pid      int
 	size     int64
 	state    string // running, frozen, ended
 	restored int
@@ -71,7 +72,7 @@ func (f *fake) Discover(context.Context) ([]hypervisors.Workload, error) {
 	var out []hypervisors.Workload
 	for id, w := range f.ws {
 		if w.state != "ended" {
-			out = append(out, hypervisors.Workload{ID: id, Kind: "fake", Backend: f.name, MemoryBytes: w.size})
+			out = append(out, hypervisors.Workload{ID: id, Kind: "fake", Backend: f.name, PID: w.pid, MemoryBytes: w.size})
 		}
 	}
 	return out, nil
@@ -790,4 +791,18 @@ func TestRecoverAfterCommitOnSameBoot(t *testing.T) {
 		t.Fatal("journal kept")
 	}
 	assertRegionEmpty(t, e)
+}
+
+// TestPlanRefusesAWorkloadClaimedTwice: a process two backends both see
+// (a manager's container through a shared runc root) blocks the plan.
+func TestPlanRefusesAWorkloadClaimedTwice(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := newFake("a", map[string]int64{"x": 1 << 20})
+	b := newFake("b", map[string]int64{"y": 1 << 20})
+	a.ws["x"].pid, b.ws["y"].pid = 4242, 4242
+	_, err := checkpoint.NewPlan(context.Background(), e.opts(a, b))
+	var pe *checkpoint.PlanError
+	if !errors.As(err, &pe) || !strings.Contains(err.Error(), "same process (pid 4242)") {
+		t.Fatalf("plan = %v; want the double claim refused", err)
+	}
 }

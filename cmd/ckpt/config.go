@@ -55,18 +55,14 @@ func merge(dst, src map[string]any) {
 	}
 }
 
-// configKeys maps top-level config keys and [criu]/[qemu] keys to flags.
+// configKeys maps the top-level config keys to flags; the backends'
+// tables ([backends.NAME]) go to the backends (see backendFlags).
 var configKeys = map[string]string{
-	"region":                  "region",
-	"journal":                 "journal",
-	"resume_state":            "resume-state",
-	"concurrency":             "concurrency",
-	"metrics_dir":             "metrics-dir",
-	"criu.runc_root":          "runc-root",
-	"criu.process_trees":      "process-tree",
-	"qemu.socket_dir":         "qmp-dir",
-	"qemu.sockets":            "qmp-socket",
-	"qemu.preserved_ram_dirs": "preserved-ram-dir",
+	"region":       "region",
+	"journal":      "journal",
+	"resume_state": "resume-state",
+	"concurrency":  "concurrency",
+	"metrics_dir":  "metrics-dir",
 }
 
 // applyConfig sets every flag the command line did not set from the

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -31,41 +33,26 @@ const exitPartial = 3
 
 // engineFlags are what the engine verbs share.
 type engineFlags struct {
-	region       string
-	journal      string
-	state        string
-	runcRoot     string
-	processTrees []string
-	qmpDir       string
-	qmpSockets   []string
-	ramDirs      []string
-	concurrency  int
-	only         []string
-	metricsDir   string
-	configDir    string
+	region      string
+	journal     string
+	state       string
+	backend     backendFlags
+	skipped     map[string]error // backends that declined, and why
+	concurrency int
+	only        []string
+	metricsDir  string
+	configDir   string
 }
 
 func (f *engineFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.region, "region", "", "the region (pmem device, file or directory); required")
 	fs.StringVar(&f.journal, "journal", checkpoint.DefaultJournal, "journal of frozen workloads (on disk, not /run)")
 	fs.StringVar(&f.state, "resume-state", restore.DefaultState, "record of the workloads already resumed")
-	fs.StringVar(&f.runcRoot, "runc-root", "/run/runc", "runc --root of the containers to suspend")
-	fs.StringSliceVar(&f.processTrees, "process-tree", nil, "cgroup path or glob of a plain process tree (repeatable)")
-	fs.StringVar(&f.qmpDir, "qmp-dir", "/run/ckpt/qmp", "directory of VMs' QMP sockets (*.qmp, *.sock)")
-	fs.StringSliceVar(&f.qmpSockets, "qmp-socket", nil, "a VM's QMP socket (repeatable)")
-	fs.StringSliceVar(&f.ramDirs, "preserved-ram-dir", nil, "directory on preserved memory holding VMs' RAM files (repeatable)")
+	f.backend.add(fs)
 	fs.IntVar(&f.concurrency, "concurrency", 0, "workloads dumped or restored at once (0: from the CPUs)")
 	fs.StringSliceVar(&f.only, "only", nil, "only these workloads (backend/id, repeatable)")
 	fs.StringVar(&f.configDir, "config-dir", DefaultConfigDir, "ckpt.toml and ckpt.toml.d/*.toml; flags override them")
 	fs.StringVar(&f.metricsDir, "metrics-dir", checkpoint.DefaultMetricsDir, "node_exporter textfile directory for run metrics (skipped if absent)")
-}
-
-func anyList(s []string) []any {
-	out := make([]any, len(s))
-	for i, v := range s {
-		out[i] = v
-	}
-	return out
 }
 
 // backends loads every registered backend that can run here.
@@ -75,19 +62,11 @@ func (f *engineFlags) backends(ctx context.Context, log *slog.Logger) ([]hypervi
 
 // backendsWith loads the backends with more settings per backend.
 func (f *engineFlags) backendsWith(ctx context.Context, log *slog.Logger, extra map[string]map[string]any) ([]hypervisors.Backend, error) {
-	cfg := map[string]map[string]any{
-		"criu": {"runc_root": f.runcRoot, "process_trees": anyList(f.processTrees)},
-		"qemu": {"socket_dir": f.qmpDir, "sockets": anyList(f.qmpSockets), "preserved_ram_dirs": anyList(f.ramDirs)},
-	}
-	for b, kv := range extra {
-		for k, v := range kv {
-			cfg[b][k] = v
-		}
-	}
-	bs, skipped, err := hypervisors.Load(ctx, cfg, log)
+	bs, skipped, err := hypervisors.Load(ctx, f.backend.configs(extra), log)
 	for name, why := range skipped {
 		log.Warn("backend not available", "backend", name, "reason", why)
 	}
+	f.skipped = skipped
 	return bs, err
 }
 
@@ -95,6 +74,9 @@ func (f *engineFlags) backendsWith(ctx context.Context, log *slog.Logger, extra 
 // context with --timeout, the logger and the loaded backends.
 func (f *engineFlags) start(cmd *cobra.Command, g *globals, needRegion bool) (context.Context, context.CancelFunc, *slog.Logger, []hypervisors.Backend, error) {
 	cfg, err := loadConfig(f.configDir)
+	if err == nil {
+		cfg, err = f.backend.setTables(cfg)
+	}
 	if err == nil {
 		err = applyConfig(cmd.Flags(), cfg)
 	}
@@ -280,13 +262,17 @@ func newPlanCommand(g *globals) *cobra.Command {
 			}
 			defer cancel()
 			img, kerr := target.image()
-			p, perr := checkpoint.NewPlan(ctx, checkpoint.Options{Region: f.region, Backends: bs, Only: f.only, Journal: f.journal,
+			p, perr := checkpoint.NewPlan(ctx, checkpoint.Options{Region: f.region, Backends: bs, Skipped: f.skipped, Only: f.only, Journal: f.journal,
 				Concurrency: f.concurrency, Kexec: img, Logger: log})
 			g.print(cmd.OutOrStdout(), p, func(w io.Writer) {
 				fmt.Fprintf(w, "%d workloads, %s to dump; region %s free of %s\n", len(p.Workloads), memregion.HumanBytes(p.Bytes),
 					memregion.HumanBytes(p.RegionFree), memregion.HumanBytes(p.RegionTotal))
 				for _, pl := range p.Workloads {
 					fmt.Fprintf(w, "  %-40s %-12s %10s  %s\n", pl.Key, pl.Workload.Kind, memregion.HumanBytes(pl.Bytes), pl.Problem)
+				}
+				fmt.Fprintf(w, "backends: %s\n", strings.Join(p.ActiveBackends, ", "))
+				for _, name := range slices.Sorted(maps.Keys(p.SkippedBackends)) {
+					fmt.Fprintf(w, "  %s not active: %s\n", name, p.SkippedBackends[name])
 				}
 				if p.EstimateBasis != "" {
 					fmt.Fprintf(w, "estimated frozen time %.1fs (%s)\n", p.EstimatedFrozenS, p.EstimateBasis)

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/spf13/pflag"
 )
 
@@ -78,12 +80,13 @@ func TestRegionCommands(t *testing.T) {
 }
 
 // TestConfigFilesAndFlags: ckpt.toml, then drop-ins in name order, then
-// flags given on the command line.
+// flags given on the command line; a backend's table is [backends.NAME]
+// (or, as before, [NAME]) and its flags come from its registration.
 func TestConfigFilesAndFlags(t *testing.T) {
 	dir := t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "ckpt.toml.d"), 0o755)
 	os.WriteFile(filepath.Join(dir, "ckpt.toml"), []byte("region = \"/from/main\"\nconcurrency = 2\n[criu]\nrunc_root = \"/main/runc\"\n"), 0o644)
-	os.WriteFile(filepath.Join(dir, "ckpt.toml.d", "10-site.toml"), []byte("concurrency = 3\n[qemu]\npreserved_ram_dirs = [\"/mnt/dax\"]\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "ckpt.toml.d", "10-site.toml"), []byte("concurrency = 3\n[backends.qemu]\npreserved_ram_dirs = [\"/mnt/dax\"]\nmax_bandwidth = 5\n"), 0o644)
 	cfg, err := loadConfig(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -91,18 +94,82 @@ func TestConfigFilesAndFlags(t *testing.T) {
 	var f engineFlags
 	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
 	f.add(fs)
-	if err := fs.Parse([]string{"--region", "/from/flag"}); err != nil {
+	if err := fs.Parse([]string{"--region", "/from/flag", "--qmp-dir", "/flag/qmp"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := applyConfig(fs, cfg); err != nil {
+	cfg, err = f.backend.setTables(cfg)
+	if err == nil {
+		err = applyConfig(fs, cfg)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
-	if f.region != "/from/flag" || f.concurrency != 3 || f.runcRoot != "/main/runc" || len(f.ramDirs) != 1 || f.ramDirs[0] != "/mnt/dax" {
+	if f.region != "/from/flag" || f.concurrency != 3 {
 		t.Fatalf("flags after config: %+v", f)
+	}
+	got := f.backend.configs(map[string]map[string]any{"qemu": {"multifd_channels": -1}})
+	want := map[string]map[string]any{
+		"criu": {"runc_root": "/main/runc"},
+		"qemu": {"preserved_ram_dirs": []any{"/mnt/dax"}, "max_bandwidth": int64(5), "socket_dir": "/flag/qmp", "multifd_channels": -1},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("backend configs\n got %v\nwant %v", got, want)
+	}
+	for _, r := range hypervisors.Registered() {
+		if _, err := r.DecodeConfig(got[r.Name]); err != nil {
+			t.Fatalf("decoding %s: %v", r.Name, err)
+		}
 	}
 	os.WriteFile(filepath.Join(dir, "ckpt.toml.d", "20-typo.toml"), []byte("regoin = \"x\"\n"), 0o644)
 	cfg, _ = loadConfig(dir)
+	cfg, _ = f.backend.setTables(cfg)
 	if err := applyConfig(fs, cfg); err == nil || !strings.Contains(err.Error(), "regoin") {
 		t.Fatalf("a typo in the config = %v; want an error naming it", err)
+	}
+	for _, r := range hypervisors.Registered() {
+		if r.Name != "criu" {
+			continue
+		}
+		if _, err := r.DecodeConfig(map[string]any{"runc_rot": "/x"}); err == nil || !strings.Contains(err.Error(), "runc_rot") {
+			t.Fatalf("a typo in [backends.criu] = %v; want an error naming it", err)
+		}
+	}
+}
+
+// TestShippedConfigDecodes: the commented default /etc/ckpt/ckpt.toml of
+// the package, uncommented, is valid for every registered backend.
+func TestShippedConfigDecodes(t *testing.T) {
+	b, err := os.ReadFile("../../contrib/etc/ckpt.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "#"); ok && (strings.HasPrefix(rest, "[") || strings.Contains(rest, " = ")) {
+			l = rest
+		}
+		lines = append(lines, l)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "ckpt.toml"), []byte(strings.Join(lines, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f engineFlags
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	f.add(fs)
+	if cfg, err = f.backend.setTables(cfg); err == nil {
+		err = applyConfig(fs, cfg)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range hypervisors.Registered() {
+		if _, err := r.DecodeConfig(f.backend.configs(nil)[r.Name]); err != nil {
+			t.Fatalf("%s: %v", r.Name, err)
+		}
 	}
 }

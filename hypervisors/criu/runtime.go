@@ -46,23 +46,23 @@ const MinCRIU = 40200
 
 // Config configures the backend. Zero values mean defaults.
 type Config struct {
-	Runc     string // runc binary (default "runc" in PATH)
-	RuncRoot string // runc --root (default /run/runc)
-	CRIU     string // criu binary (default "criu" in PATH)
-	WorkDir  string // staging for images (default /run/ckpt/criu)
-	LogDir   string // restored containers' stdout/stderr (default /var/log/ckpt)
+	Runc     string `json:"runc"`      // runc binary (default "runc" in PATH)
+	RuncRoot string `json:"runc_root"` // runc --root (default /run/runc)
+	CRIU     string `json:"criu"`      // criu binary (default "criu" in PATH)
+	WorkDir  string `json:"work_dir"`  // staging for images (default /run/ckpt/criu)
+	LogDir   string `json:"log_dir"`   // restored containers' stdout/stderr (default /var/log/ckpt)
 	// ProcessTrees are cgroups (paths below the hierarchy root, or globs, e.g.
 	// "/system.slice/foo.service") whose processes form one tree to
 	// suspend as a workload "cgroup:<path>".
-	ProcessTrees []string
+	ProcessTrees []string `json:"process_trees"`
 	// Options are more CRIU options for the workloads whose ID matches a
 	// key (a path.Match pattern: "web-*", "cgroup:/system.slice/db.service"),
 	// as in a CRIU configuration file: "tcp-close", "ext-unix-sk",
 	// "external mnt[]:m". They are recorded for the restore too.
-	Options map[string][]string
+	Options map[string][]string `json:"options"`
 	// CancelGrace is how long a cancelled CRIU call may go on before it
 	// is killed (default DefaultCancelGrace; see runOwned).
-	CancelGrace time.Duration
+	CancelGrace time.Duration `json:"-"`
 
 	defaultWorkDir bool // WorkDir is ours, in /run: see mountStaging
 }
@@ -104,28 +104,14 @@ var (
 
 func init() {
 	hypervisors.Register(hypervisors.Registration{
-		Name: Name,
+		Name:   Name,
+		Config: func() any { return &Config{} },
+		Flags: []hypervisors.Flag{
+			{Name: "runc-root", Key: "runc_root", Usage: "runc --root of the containers to suspend (default /run/runc)"},
+			{Name: "process-tree", Key: "process_trees", List: true, Usage: "cgroup path or glob of a plain process tree (repeatable)"},
+		},
 		Init: func(ctx context.Context, ic hypervisors.InitContext) (hypervisors.Backend, error) {
-			cfg := Config{}
-			if v, ok := ic.Config["runc_root"].(string); ok {
-				cfg.RuncRoot = v
-			}
-			if v, ok := ic.Config["process_trees"].([]any); ok {
-				for _, p := range v {
-					if s, ok := p.(string); ok {
-						cfg.ProcessTrees = append(cfg.ProcessTrees, s)
-					}
-				}
-			}
-			if v, ok := ic.Config["options"].(map[string]any); ok {
-				cfg.Options = map[string][]string{}
-				for pat, list := range v {
-					for _, o := range stringsOf(list) {
-						cfg.Options[pat] = append(cfg.Options[pat], o)
-					}
-				}
-			}
-			return New(ctx, cfg, ic.Logger)
+			return New(ctx, *ic.Config.(*Config), ic.Logger)
 		},
 	})
 }
@@ -226,17 +212,4 @@ func (r *Runtime) mountStaging() {
 	if err := unix.Mount("ckpt-staging", r.cfg.WorkDir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700,size=100%"); err != nil {
 		r.log.Warn("staging stays on the shared tmpfs", "dir", r.cfg.WorkDir, "err", err)
 	}
-}
-
-// stringsOf decodes a config list of strings.
-func stringsOf(v any) []string {
-	var out []string
-	if l, ok := v.([]any); ok {
-		for _, x := range l {
-			if s, ok := x.(string); ok {
-				out = append(out, s)
-			}
-		}
-	}
-	return out
 }

@@ -45,25 +45,25 @@ const KindVM = "vm"
 
 // Config configures the backend; zero values mean defaults.
 type Config struct {
-	SocketDir string   // QMP sockets to discover (default /run/ckpt/qmp)
-	Sockets   []string // more QMP sockets, anywhere
-	LogDir    string   // relaunched QEMUs' stdout/stderr (default /var/log/ckpt)
+	SocketDir string   `json:"socket_dir"` // QMP sockets to discover (default /run/ckpt/qmp)
+	Sockets   []string `json:"sockets"`    // more QMP sockets, anywhere
+	LogDir    string   `json:"log_dir"`    // relaunched QEMUs' stdout/stderr (default /var/log/ckpt)
 	// MaxBandwidth is the migration bandwidth limit during a dump, in
 	// bytes per second (default 1 TiB/s: no limit; -1 keeps QEMU's own,
 	// 32 MiB/s in 7.2, for comparison).
-	MaxBandwidth int64
+	MaxBandwidth int64 `json:"max_bandwidth"`
 	// MultifdChannels is the number of parallel channels for a dump into a
 	// directory region with QEMU >= 9 (mapped-ram + multifd); 0 picks
 	// min(4, CPUs), -1 always uses the single stream.
-	MultifdChannels int
+	MultifdChannels int `json:"multifd_channels"`
 	// PreservedRAMDirs are directories whose files survive the update (a
 	// DAX filesystem on the preserved region). A VM whose RAM is a shared
 	// memory-backend-file in one of them is saved with its RAM in place
 	// (cpr-reboot); see cpr.go.
-	PreservedRAMDirs []string
+	PreservedRAMDirs []string `json:"preserved_ram_dirs"`
 	// StartTimeout bounds a relaunched QEMU's start until its QMP socket
 	// answers (default 1 minute).
-	StartTimeout time.Duration
+	StartTimeout time.Duration `json:"-"`
 }
 
 func (c Config) withDefaults() Config {
@@ -110,48 +110,17 @@ var (
 
 func init() {
 	hypervisors.Register(hypervisors.Registration{
-		Name: Name,
-		Init: func(ctx context.Context, ic hypervisors.InitContext) (hypervisors.Backend, error) {
-			var cfg Config
-			if v, ok := ic.Config["socket_dir"].(string); ok {
-				cfg.SocketDir = v
-			}
-			cfg.Sockets = stringList(ic.Config["sockets"])
-			cfg.PreservedRAMDirs = stringList(ic.Config["preserved_ram_dirs"])
-			if v, ok := intValue(ic.Config["max_bandwidth"]); ok {
-				cfg.MaxBandwidth = v
-			}
-			if v, ok := intValue(ic.Config["multifd_channels"]); ok {
-				cfg.MultifdChannels = int(v)
-			}
-			return New(cfg, ic.Logger)
+		Name:   Name,
+		Config: func() any { return &Config{} },
+		Flags: []hypervisors.Flag{
+			{Name: "qmp-dir", Key: "socket_dir", Usage: "directory of VMs' QMP sockets, *.qmp and *.sock (default /run/ckpt/qmp)"},
+			{Name: "qmp-socket", Key: "sockets", List: true, Usage: "a VM's QMP socket (repeatable)"},
+			{Name: "preserved-ram-dir", Key: "preserved_ram_dirs", List: true, Usage: "directory on preserved memory holding VMs' RAM files (repeatable)"},
+		},
+		Init: func(_ context.Context, ic hypervisors.InitContext) (hypervisors.Backend, error) {
+			return New(*ic.Config.(*Config), ic.Logger)
 		},
 	})
-}
-
-// intValue decodes a number from a config section (TOML gives int64).
-func intValue(v any) (int64, bool) {
-	switch x := v.(type) {
-	case int:
-		return int64(x), true
-	case int64:
-		return x, true
-	case float64:
-		return int64(x), true
-	}
-	return 0, false
-}
-
-// stringList decodes a list of strings from a config section.
-func stringList(v any) []string {
-	var out []string
-	l, _ := v.([]any)
-	for _, x := range l {
-		if s, ok := x.(string); ok {
-			out = append(out, s)
-		}
-	}
-	return out
 }
 
 // New returns the backend.
