@@ -52,7 +52,7 @@ StandardError=inherit
 WantedBy=multi-user.target
 EOF
 cat >/etc/ckpt/ckpt.toml.d/50-e2e.toml <<'EOF'
-[criu]
+[backends.criu]
 process_trees = ["/system.slice/ckpt-e2e-tree.service"]
 EOF
 systemctl daemon-reload
