@@ -68,12 +68,13 @@ func (b *Backend) migrateMapped(ctx context.Context, v *vm, ds hypervisors.Direc
 	defer setMapped(context.WithoutCancel(ctx), v, 0)
 	start := time.Now()
 	if err := v.mon.Execute(ctx, "migrate", map[string]any{"uri": "file:" + path}, nil); err != nil {
+		b.endMigration(ctx, v) // a "migrate" whose answer was cut short may have started
 		os.Remove(path)
 		return nil, err
 	}
 	m, err := b.waitMigration(ctx, v, "migration out")
 	if err != nil {
-		b.cancelMigration(ctx, v) // QEMU closes the file
+		b.endMigration(ctx, v) // QEMU closes the file
 		os.Remove(path)
 		return m, err
 	}

@@ -147,6 +147,7 @@ func (b *Backend) migrateOut(ctx context.Context, v *vm, w interface{ Write([]by
 	}()
 	start := time.Now()
 	if err := v.mon.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + fdname}, nil); err != nil {
+		b.cancelMigration(ctx, v) // a "migrate" whose answer was cut short may have started
 		v.mon.Execute(context.WithoutCancel(ctx), "closefd", map[string]string{"fdname": fdname}, nil)
 		r.Close()
 		<-copyDone
@@ -177,6 +178,58 @@ func (b *Backend) cancelMigration(ctx context.Context, v *vm) {
 	defer cancel()
 	v.mon.Execute(ctx, "migrate_cancel", nil, nil)
 	b.waitMigration(ctx, v, "cancel")
+}
+
+// settleMigration cancels, and waits out, an outgoing migration still
+// under way (a dump cut short, or a ckpt killed mid-dump), so that the
+// VM's settings can be put back and it can run.
+func (b *Backend) settleMigration(ctx context.Context, v *vm) error {
+	var m Migration
+	if err := v.mon.Execute(ctx, "query-migrate", nil, &m); err != nil {
+		return err
+	}
+	switch m.Status {
+	case "", "none", "completed", "failed", "cancelled":
+		return nil
+	}
+	b.log.Info("waiting out a migration still under way", "vm", v.id, "status", m.Status)
+	b.endMigration(ctx, v)
+	return nil
+}
+
+// migrationGrace is how long a migration a cancel cut short is given to
+// end on its own before it is cancelled.
+const migrationGrace = 2 * time.Minute
+
+// endMigration lets an outgoing migration end on its own, for at most
+// migrationGrace, and cancels it only then. QEMU 10.0 can crash (a
+// segfault in the multifd threads) when a mapped-ram migration is
+// cancelled just after it began; one into a file ends at memory speed,
+// and the VM stays paused (postmigrate) for the rollback's "cont".
+func (b *Backend) endMigration(ctx context.Context, v *vm) {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), migrationGrace)
+	defer cancel()
+	none := 0
+	for {
+		var m Migration
+		if err := v.mon.Execute(wctx, "query-migrate", nil, &m); err != nil {
+			return
+		}
+		switch m.Status {
+		case "completed", "failed", "cancelled":
+			return
+		case "", "none":
+			if none++; none > 20 { // a "migrate" that never began
+				return
+			}
+		}
+		select {
+		case <-wctx.Done():
+			b.cancelMigration(ctx, v)
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // waitMigration polls query-migrate until the migration ends.

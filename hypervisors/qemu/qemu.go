@@ -312,6 +312,9 @@ func (b *Backend) Thaw(ctx context.Context, w hypervisors.Workload) error {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if err := b.settleMigration(ctx, v); err != nil {
+		return err
+	}
 	var errs []error
 	if s := w.Attrs[attrSettings]; s != "" {
 		// What the plan saw, journalled: a recover after a crash puts

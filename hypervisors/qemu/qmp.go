@@ -173,7 +173,10 @@ func (m *Monitor) run(ctx context.Context, cmd string, args any, f *os.File) (js
 		return nil, fmt.Errorf("qmp %s: connection closed: %v", cmd, m.err)
 	case <-ctx.Done():
 		// The answer still comes; the connection is out of step now.
+		// Close it and wait for the reader to see that, so that the next
+		// caller (a rollback's Thaw) finds it done and reconnects.
 		m.conn.Close()
+		<-m.done
 		return nil, fmt.Errorf("qmp %s: %w", cmd, ctx.Err())
 	}
 	var r struct {
