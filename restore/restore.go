@@ -22,6 +22,7 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/atomicfile"
 	"github.com/ckpt-dev/ckpt/journal"
 	"github.com/ckpt-dev/ckpt/memregion"
+	"github.com/ckpt-dev/ckpt/update"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -330,6 +331,18 @@ func (run *resumeRun) backend(name string) hypervisors.Backend {
 	return nil
 }
 
+// clearRebootRequired removes what asked for the update (ckpt update)
+// once it is done: the kernel now runs is the one it updated into.
+func (run *resumeRun) clearRebootRequired() {
+	target := run.m.Attributes["update_target"]
+	if target == "" || target != update.RunningKernel() {
+		return
+	}
+	if err := update.ClearRebootRequired("/"); err != nil {
+		run.log.Warn("clearing reboot-required", "err", err)
+	}
+}
+
 // ErrKept is wrapped when every workload is back but the region is kept
 // because some object failed verification.
 var ErrKept = errors.New("the region is kept")
@@ -352,6 +365,7 @@ func (run *resumeRun) release() error {
 		return fmt.Errorf("every workload is back, but releasing the region failed: %w", err)
 	}
 	run.res.Released = true
+	run.clearRebootRequired()
 	os.Remove(run.opts.State)
 	if j, _ := journal.Read(run.opts.Journal); j != nil && j.State == journal.StateCommitted {
 		j.Remove()

@@ -9,9 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"os"
-	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/memregion"
 	"github.com/ckpt-dev/ckpt/restore"
+	"github.com/ckpt-dev/ckpt/update"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -105,33 +104,12 @@ func (f *engineFlags) needRegion() error {
 	return nil
 }
 
-// kernelTarget resolves the kernel to kexec into: a version, or the
-// newest installed one (GRUB's default entry on a stock Debian).
+// kernelTarget resolves the kernel to kexec into (update.Target).
 func kernelTarget(version string) (kexec.Image, error) {
-	if version == "" {
-		ks, _ := filepath.Glob("/boot/vmlinuz-*")
-		if len(ks) == 0 {
-			return kexec.Image{}, errors.New("no kernel in /boot to kexec into (name one with --kernel, or use --no-kexec)")
-		}
-		sort.Slice(ks, func(i, j int) bool { return versionLess(ks[i], ks[j]) })
-		version = strings.TrimPrefix(filepath.Base(ks[len(ks)-1]), "vmlinuz-")
-	}
-	img := kexec.Image{Kernel: "/boot/vmlinuz-" + version, Initrd: "/boot/initrd.img-" + version}
-	if strings.Contains(version, "/") { // a path: its initrd beside it
-		v := strings.TrimPrefix(filepath.Base(version), "vmlinuz-")
-		img = kexec.Image{Kernel: version, Initrd: filepath.Join(filepath.Dir(version), "initrd.img-"+v)}
-	}
-	// Whether the kernel exists is the plan's check (checkpoint.NewPlan).
-	if _, err := os.Stat(img.Initrd); err != nil {
-		img.Initrd = ""
-	}
-	cur, err := os.ReadFile("/proc/cmdline")
-	if err != nil {
-		return img, err
-	}
-	img.Cmdline = strings.TrimSpace(string(cur)) // keeps memmap=
-	return img, nil
+	_, img, err := update.Target(version)
+	return img, err
 }
+
 
 // targetFlags choose the kernel suspend-all kexecs into (plan checks it).
 type targetFlags struct {
@@ -141,7 +119,7 @@ type targetFlags struct {
 }
 
 func (t *targetFlags) add(fs *pflag.FlagSet) {
-	fs.StringVar(&t.kernel, "kernel", "", "kernel version (or vmlinuz path) to boot (default: the newest in /boot, GRUB's default entry on Debian)")
+	fs.StringVar(&t.kernel, "kernel", "", "kernel version (or vmlinuz path) to boot (default: the bootloader's default entry, GRUB or systemd-boot)")
 	fs.BoolVar(&t.noKexec, "no-kexec", false, "stop after the commit (for a soft-reboot or a full reboot with a disk region)")
 	fs.StringSliceVar(&t.set, "cmdline-set", nil, "key=value parameters of the next kernel's command line that replace the running one's")
 	fs.StringSliceVar(&t.drop, "cmdline-drop", nil, "parameter keys to remove from the next kernel's command line")
@@ -161,22 +139,71 @@ func (t *targetFlags) image() (*kexec.Image, error) {
 	return &img, nil
 }
 
-// versionLess compares kernel file names numerically where they differ
-// by numbers ("6.1.0-9" < "6.1.0-10").
-func versionLess(a, b string) bool {
-	fa, fb := strings.FieldsFunc(a, notDigit), strings.FieldsFunc(b, notDigit)
-	for i := 0; i < len(fa) && i < len(fb); i++ {
-		var x, y int
-		fmt.Sscan(fa[i], &x)
-		fmt.Sscan(fb[i], &y)
-		if x != y {
-			return x < y
-		}
-	}
-	return len(fa) < len(fb)
+
+// suspendRequest is what suspendAll does: into img (nil: no kexec), then
+// after (a soft-reboot or reboot command) when it is set.
+type suspendRequest struct {
+	img               *kexec.Image
+	attrs             map[string]string
+	preDump, loadOnly bool
+	after             func() error
 }
 
-func notDigit(r rune) bool { return r < '0' || r > '9' }
+// suspendAll plans, loads the kernel, suspends every workload and hands
+// off: kexec into req.img, or req.after, or nothing (--no-kexec).
+func suspendAll(cmd *cobra.Command, g *globals, f *engineFlags, req suspendRequest) error {
+	ctx, cancel, log, bs, err := f.start(cmd, g, true)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	opts := checkpoint.Options{Region: f.region, Backends: bs, Skipped: f.skipped, Concurrency: f.concurrency, Only: f.only,
+		Journal: f.journal, PreDump: req.preDump, Logger: log, Events: g.events(cmd.OutOrStdout(), log),
+		Attributes: map[string]string{}}
+	for k, v := range req.attrs {
+		opts.Attributes[k] = v
+	}
+	img := req.img
+	if img != nil {
+		opts.Kexec = img
+		opts.Attributes["target_kernel"] = img.Kernel
+	}
+	plan, err := checkpoint.NewPlan(ctx, opts)
+	if err != nil {
+		return err
+	}
+	if img != nil {
+		// Load first: a kernel that cannot be loaded stops us before
+		// anything is frozen.
+		if err := kexec.Load(*img); err != nil {
+			return fmt.Errorf("%w; nothing was frozen. To update anyway, %s", err, kexec.Fallback)
+		}
+	}
+	res, err := checkpoint.Suspend(ctx, plan)
+	if merr := checkpoint.SuspendMetrics(res, err).WriteFile(f.metricsDir, "ckpt_suspend"); merr != nil {
+		log.Warn("metrics", "err", merr)
+	}
+	if err != nil {
+		if img != nil && res == nil {
+			kexec.Unload() // rolled back: a later reboot must not kexec by surprise
+		}
+		return err
+	}
+	g.print(cmd.OutOrStdout(), res, func(w io.Writer) {
+		fmt.Fprintf(w, "committed %d workloads, %s, at %.2f GB/s with %d at once\n", len(res.Workloads),
+			memregion.HumanBytes(res.Bytes), res.GBps, res.Concurrency)
+		for _, wr := range res.Workloads {
+			fmt.Fprintf(w, "  %-40s %10s  frozen %.2fs  dump %.2fs\n", wr.Key, memregion.HumanBytes(wr.Bytes), wr.FrozenS, wr.DumpS)
+		}
+	})
+	switch {
+	case img != nil && !req.loadOnly:
+		return kexec.Boot()
+	case img == nil && req.after != nil:
+		return req.after()
+	}
+	return nil
+}
 
 func newSuspendAllCommand(g *globals) *cobra.Command {
 	var f engineFlags
@@ -191,54 +218,11 @@ seals the manifest (the commit point), ends the originals and kexecs into the ta
 kernel. Any failure before the commit point thaws every workload on this kernel.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel, log, bs, err := f.start(cmd, g, true)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			opts := checkpoint.Options{Region: f.region, Backends: bs, Concurrency: f.concurrency, Only: f.only,
-				Journal: f.journal, PreDump: preDump, Logger: log, Events: g.events(cmd.OutOrStdout(), log)}
 			img, err := target.image()
 			if err != nil {
 				return err
 			}
-			noKexec := img == nil
-			if !noKexec {
-				opts.Kexec = img
-				opts.Attributes = map[string]string{"target_kernel": img.Kernel}
-			}
-			plan, err := checkpoint.NewPlan(ctx, opts)
-			if err != nil {
-				return err
-			}
-			if !noKexec {
-				// Load first: a kernel that cannot be loaded stops us
-				// before anything is frozen.
-				if err := kexec.Load(*img); err != nil {
-					return fmt.Errorf("%w; nothing was frozen. To update anyway, %s", err, kexec.Fallback)
-				}
-			}
-			res, err := checkpoint.Suspend(ctx, plan)
-			if merr := checkpoint.SuspendMetrics(res, err).WriteFile(f.metricsDir, "ckpt_suspend"); merr != nil {
-				log.Warn("metrics", "err", merr)
-			}
-			if err != nil {
-				if !noKexec && res == nil {
-					kexec.Unload() // rolled back: a later reboot must not kexec by surprise
-				}
-				return err
-			}
-			g.print(cmd.OutOrStdout(), res, func(w io.Writer) {
-				fmt.Fprintf(w, "committed %d workloads, %s, at %.2f GB/s with %d at once\n", len(res.Workloads),
-					memregion.HumanBytes(res.Bytes), res.GBps, res.Concurrency)
-				for _, wr := range res.Workloads {
-					fmt.Fprintf(w, "  %-40s %10s  frozen %.2fs  dump %.2fs\n", wr.Key, memregion.HumanBytes(wr.Bytes), wr.FrozenS, wr.DumpS)
-				}
-			})
-			if noKexec || loadOnly {
-				return nil
-			}
-			return kexec.Boot()
+			return suspendAll(cmd, g, &f, suspendRequest{img: img, preDump: preDump, loadOnly: loadOnly})
 		},
 	}
 	f.add(c.Flags())

@@ -35,6 +35,10 @@ func main() {
 	if err == nil {
 		os.Exit(exitOK)
 	}
+	var nd errNotDue
+	if errors.As(err, &nd) {
+		os.Exit(exitNotDue) // ckpt update --check: nothing to do (printed already)
+	}
 	fmt.Fprintln(os.Stderr, "ckpt:", err)
 	var ue usageError
 	if errors.As(err, &ue) {

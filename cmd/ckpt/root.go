@@ -56,6 +56,7 @@ func newRootCommand() *cobra.Command {
 		newResumeAllCommand(g),
 		newResumeCommand(g),
 		newRecoverCommand(g),
+		newUpdateCommand(g),
 		newStatusCommand(g),
 		newBenchCommand(g),
 	)
