@@ -396,7 +396,9 @@ func chooseLoader(entries []loaderEntry, def string) (loaderEntry, string, error
 	if len(entries) == 0 {
 		return loaderEntry{}, "", errors.New("systemd-boot: no entries in loader/entries")
 	}
-	sort.Slice(entries, func(i, j int) bool { return VersionLess(entries[j].Version+entries[j].ID, entries[i].Version+entries[i].ID) })
+	sort.Slice(entries, func(i, j int) bool {
+		return VersionLess(entries[j].Version+entries[j].ID, entries[i].Version+entries[i].ID)
+	})
 	if def != "" {
 		for _, e := range entries {
 			if ok, _ := path.Match(def, e.ID); ok {

@@ -110,7 +110,6 @@ func kernelTarget(version string) (kexec.Image, error) {
 	return img, err
 }
 
-
 // targetFlags choose the kernel suspend-all kexecs into (plan checks it).
 type targetFlags struct {
 	kernel    string
@@ -138,7 +137,6 @@ func (t *targetFlags) image() (*kexec.Image, error) {
 	img.Cmdline = kexec.EditCmdline(img.Cmdline, t.set, t.drop)
 	return &img, nil
 }
-
 
 // suspendRequest is what suspendAll does: into img (nil: no kexec), then
 // after (a soft-reboot or reboot command) when it is set.
