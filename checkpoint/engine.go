@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"sort"
 	"strings"
@@ -99,6 +100,11 @@ type Plan struct {
 	Warnings []string `json:"warnings,omitempty"`
 	// Kexec is the kernel the plan checked (Options.Kexec).
 	Kexec *kexec.Image `json:"kexec,omitempty"`
+	// StagingBytes is the RAM outside the region the suspend needs (state
+	// staged where the region takes no files in place, hypervisors.Stager);
+	// MemAvailable is what the host has (/proc/meminfo).
+	StagingBytes int64 `json:"staging_bytes,omitempty"`
+	MemAvailable int64 `json:"mem_available,omitempty"`
 	// ActiveBackends are the backends that looked for workloads;
 	// SkippedBackends those that could not run here, and why.
 	ActiveBackends  []string          `json:"active_backends"`
@@ -188,6 +194,7 @@ func NewPlan(ctx context.Context, opts Options) (*Plan, error) {
 			p.Problems = append(p.Problems, fmt.Sprintf("region %s: %v (workloads %s + headroom %s)", opts.Region, err,
 				memregion.HumanBytes(p.Bytes), memregion.HumanBytes(p.headroom())))
 		}
+		p.checkStaging(r.DirectFiles())
 	}
 	p.Warnings = HostWarnings()
 	p.Kexec = opts.Kexec
@@ -201,6 +208,41 @@ func NewPlan(ctx context.Context, opts Options) (*Plan, error) {
 		return p, &PlanError{Problems: p.Problems}
 	}
 	return p, nil
+}
+
+// checkStaging adds up the RAM the backends stage outside the region and
+// refuses a plan that would not fit in the host's available memory, with
+// a reserve of a tenth for everything else.
+func (p *Plan) checkStaging(direct bool) {
+	for _, pl := range p.Workloads {
+		if st, ok := pl.backend.(hypervisors.Stager); ok {
+			p.StagingBytes += st.StagingBytes(pl.Workload, pl.Bytes, direct)
+		}
+	}
+	if p.StagingBytes == 0 {
+		return
+	}
+	p.MemAvailable = memAvailable()
+	if p.MemAvailable > 0 && p.StagingBytes > p.MemAvailable*9/10 {
+		p.Problems = append(p.Problems, fmt.Sprintf("the backends stage %s in RAM outside this region (it takes no files in place), but only %s of memory is available: use a directory region (a DAX filesystem on the pmem device), or suspend fewer workloads at once (--only)",
+			memregion.HumanBytes(p.StagingBytes), memregion.HumanBytes(p.MemAvailable)))
+	}
+}
+
+// memAvailable is MemAvailable from /proc/meminfo (0 if unknown).
+func memAvailable() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "MemAvailable:"); ok {
+			var kb int64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
+			return kb << 10
+		}
+	}
+	return 0
 }
 
 // claimedTwice finds processes two backends both claim (a manager's

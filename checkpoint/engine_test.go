@@ -806,3 +806,34 @@ func TestPlanRefusesAWorkloadClaimedTwice(t *testing.T) {
 		t.Fatalf("plan = %v; want the double claim refused", err)
 	}
 }
+
+// stagingFake stages every byte it dumps outside a raw region.
+type stagingFake struct{ *fake }
+
+func (s stagingFake) StagingBytes(_ hypervisors.Workload, n int64, direct bool) int64 {
+	if direct {
+		return 0
+	}
+	return n
+}
+
+// TestPlanChecksStagingRAM: what backends stage in RAM outside a region
+// that takes no files in place must fit in the host's available memory.
+func TestPlanChecksStagingRAM(t *testing.T) {
+	var ws int64 = 1 << 20
+	for _, tc := range []struct {
+		kind string
+		size int64
+		fail bool
+	}{{memregion.KindDir, ws, false}, {memregion.KindRaw, ws, false}, {memregion.KindRaw, 1 << 50, true}} {
+		e := newEnv(t, tc.kind, 64<<20)
+		a := stagingFake{newFake("a", map[string]int64{"x": tc.size})}
+		o := e.opts(a)
+		o.Headroom = 1 // the region's own room is not what this tests
+		p, err := checkpoint.NewPlan(context.Background(), o)
+		staged := strings.Contains(fmt.Sprint(err), "stage")
+		if staged != tc.fail || tc.kind == memregion.KindDir && p.StagingBytes != 0 || tc.kind == memregion.KindRaw && p.StagingBytes != tc.size {
+			t.Errorf("%s region, %d bytes: plan %+v, %v", tc.kind, tc.size, p, err)
+		}
+	}
+}

@@ -126,3 +126,11 @@ func RecordRescue(dst ObjectSink, record json.RawMessage) error {
 type Reviver interface {
 	Revive(ctx context.Context, w Workload, record json.RawMessage) error
 }
+
+// Stager is a backend that needs memory outside the region during a
+// suspend or a resume: it stages a workload's state in RAM (tmpfs) where
+// the region cannot take files in place (direct is false). The plan adds
+// it up and checks it against the host's available memory.
+type Stager interface {
+	StagingBytes(w Workload, estimate int64, direct bool) int64
+}

@@ -14,6 +14,13 @@ import (
 // cannot write as files (the raw layout).
 var ErrNoDirectAccess = errors.New("region: objects are not files")
 
+// DirectFiles says whether programs can write objects in place as files
+// (ObjectDir works), without touching the region: what a plan asks.
+func (r *Region) DirectFiles() bool {
+	_, ok := r.st.(*dirStore)
+	return ok
+}
+
 // ObjectDir returns a directory inside a dir region where a program (CRIU)
 // may write files that Adopt then turns into objects named prefix/<file>,
 // without a copy. The raw layout returns ErrNoDirectAccess. The region

@@ -213,3 +213,15 @@ func (r *Runtime) mountStaging() {
 		r.log.Warn("staging stays on the shared tmpfs", "dir", r.cfg.WorkDir, "err", err)
 	}
 }
+
+var _ hypervisors.Stager = (*Runtime)(nil)
+
+// StagingBytes implements hypervisors.Stager: where the region takes no
+// files in place, CRIU's images are staged in the staging tmpfs, as large
+// as the dump.
+func (r *Runtime) StagingBytes(_ hypervisors.Workload, estimate int64, direct bool) int64 {
+	if direct {
+		return 0
+	}
+	return estimate
+}
