@@ -69,6 +69,9 @@ func (r *Runtime) Discover(ctx context.Context) ([]hypervisors.Workload, error) 
 		}
 		w := hypervisors.Workload{ID: c.ID, Kind: "container", Backend: Name, PID: c.PID,
 			Attrs: map[string]string{"runtime": "runc", "bundle": c.Bundle, "root": r.cfg.RuncRoot, "status": c.Status}}
+		if m := managerOf(c.Bundle); m != "" {
+			w.Attrs["manager"] = m
+		}
 		if cg, err := cgroupOfPID(c.PID); err == nil {
 			w.MemoryBytes, _ = cg.MemoryBytes()
 		}
@@ -204,6 +207,10 @@ func (r *Runtime) Preflight(ctx context.Context, w hypervisors.Workload) error {
 	}
 	if st.Bundle == "" {
 		return fmt.Errorf("%w: %s: runc reports no bundle", hypervisors.ErrNotCheckpointable, w.ID)
+	}
+	if m := managerOf(st.Bundle); m != "" {
+		return fmt.Errorf("%w: %s is %s's container (seen through runc root %s), and suspending it behind %s's back would leave its records wrong: %s",
+			hypervisors.ErrNotCheckpointable, w.ID, m, r.cfg.RuncRoot, m, managerAdvice(m))
 	}
 	if cg, err := cgroupOfPID(st.Pid); err == nil {
 		if pids, err := cg.Pids(); err == nil {

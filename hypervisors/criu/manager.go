@@ -1,0 +1,44 @@
+package criu
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// managerOf names the container manager that created the runc container
+// whose bundle is bundle ("" for a bare runc container): podman's
+// libpod annotation, or a bundle under containerd's task directory (its
+// moby namespace is Docker's). Such a container suspended and restored
+// behind its manager's back would leave the manager's records wrong.
+func managerOf(bundle string) string {
+	var spec struct {
+		Annotations map[string]string `json:"annotations"`
+	}
+	if b, err := os.ReadFile(filepath.Join(bundle, "config.json")); err == nil {
+		json.Unmarshal(b, &spec)
+	}
+	switch {
+	case spec.Annotations["io.container.manager"] == "libpod":
+		return "podman"
+	case strings.Contains(bundle, "/io.containerd.runtime.v2.task/moby/"):
+		return "docker"
+	case spec.Annotations["io.kubernetes.cri.container-type"] != "" || strings.Contains(bundle, "/io.containerd.runtime.v2.task/k8s.io/"):
+		return "kubelet (containerd's k8s.io)"
+	case strings.Contains(bundle, "/io.containerd.runtime.v2.task/"):
+		return "containerd"
+	}
+	return ""
+}
+
+// managerAdvice says what the operator can do about a container of
+// manager.
+func managerAdvice(manager string) string {
+	switch manager {
+	case "kubelet (containerd's k8s.io)":
+		return "kubelet would recreate its pod: drain the node as usual (kubectl drain)"
+	default:
+		return "ckpt has no " + manager + " backend yet; stop it before the update and start it after, or leave it out with --only"
+	}
+}
