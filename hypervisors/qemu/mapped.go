@@ -65,7 +65,7 @@ func (b *Backend) migrateMapped(ctx context.Context, v *vm, ds hypervisors.Direc
 	if err := setMapped(ctx, v, n); err != nil {
 		return nil, err
 	}
-	defer setMapped(context.WithoutCancel(ctx), v, 0)
+	defer untilSettled(context.WithoutCancel(ctx), func() error { return setMapped(context.WithoutCancel(ctx), v, 0) })
 	start := time.Now()
 	if err := v.mon.Execute(ctx, "migrate", map[string]any{"uri": "file:" + path}, nil); err != nil {
 		b.endMigration(ctx, v) // a "migrate" whose answer was cut short may have started
@@ -100,7 +100,7 @@ func (b *Backend) migrateInMapped(ctx context.Context, v *vm, src hypervisors.Di
 	m, err := b.waitMigration(ctx, v, "migration in")
 	if err == nil {
 		// Leave the restored VM with the capabilities it had before.
-		err = setMapped(ctx, v, 0)
+		err = untilSettled(ctx, func() error { return setMapped(ctx, v, 0) })
 	}
 	return m, err
 }

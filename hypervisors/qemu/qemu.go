@@ -319,7 +319,7 @@ func (b *Backend) Thaw(ctx context.Context, w hypervisors.Workload) error {
 	if s := w.Attrs[attrSettings]; s != "" {
 		// What the plan saw, journalled: a recover after a crash puts
 		// back what a dump changed, too.
-		errs = append(errs, restoreSettings(ctx, v, s))
+		errs = append(errs, untilSettled(ctx, func() error { return restoreSettings(ctx, v, s) }))
 	} else if v.bandwidth != nil {
 		errs = append(errs, v.mon.Execute(ctx, "migrate-set-parameters", map[string]json.RawMessage{"max-bandwidth": v.bandwidth}, nil))
 	}

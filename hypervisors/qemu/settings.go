@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"time"
 )
 
 // attrSettings is the workload attribute that holds the migration
@@ -51,6 +52,26 @@ func migrationSettings(ctx context.Context, v *vm) (string, error) {
 	}
 	b, err := json.Marshal(s)
 	return string(b), err
+}
+
+// untilSettled retries fn while QEMU refuses it, for a few seconds: QEMU
+// (9.1 and later) reports a migration "completed" or "cancelled" before
+// its cleanup has run, and refuses settings until then ("There's a
+// migration process in progress").
+func untilSettled(ctx context.Context, fn func() error) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := fn()
+		var qe *QMPError
+		if err == nil || !errors.As(err, &qe) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // restoreSettings puts back the settings migrationSettings recorded.
