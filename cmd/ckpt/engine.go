@@ -72,15 +72,8 @@ func (f *engineFlags) backendsWith(ctx context.Context, log *slog.Logger, extra 
 // start is the shared start of the engine verbs: the region check, the
 // context with --timeout, the logger and the loaded backends.
 func (f *engineFlags) start(cmd *cobra.Command, g *globals, needRegion bool) (context.Context, context.CancelFunc, *slog.Logger, []hypervisors.Backend, error) {
-	cfg, err := loadConfig(f.configDir)
-	if err == nil {
-		cfg, err = f.backend.setTables(cfg)
-	}
-	if err == nil {
-		err = applyConfig(cmd.Flags(), cfg)
-	}
-	if err != nil {
-		return nil, nil, nil, nil, usageError{err}
+	if err := f.applyConfig(cmd); err != nil {
+		return nil, nil, nil, nil, err
 	}
 	if needRegion {
 		if err := f.needRegion(); err != nil {
@@ -95,6 +88,22 @@ func (f *engineFlags) start(cmd *cobra.Command, g *globals, needRegion bool) (co
 		return nil, nil, nil, nil, err
 	}
 	return ctx, cancel, log, bs, nil
+}
+
+// applyConfig reads the config files: the top-level keys set the flags
+// the command line did not, the backends' tables go to the backends.
+func (f *engineFlags) applyConfig(cmd *cobra.Command) error {
+	cfg, err := loadConfig(f.configDir)
+	if err == nil {
+		cfg, err = f.backend.setTables(cfg)
+	}
+	if err == nil {
+		err = applyConfig(cmd.Flags(), cfg)
+	}
+	if err != nil {
+		return usageError{err}
+	}
+	return nil
 }
 
 func (f *engineFlags) needRegion() error {
@@ -462,12 +471,8 @@ func newStatusCommand(g *globals) *cobra.Command {
 			ctx, cancel := g.context(cmd)
 			defer cancel()
 			log := g.logger()
-			cfg, err := loadConfig(f.configDir)
-			if err == nil {
-				err = applyConfig(cmd.Flags(), cfg)
-			}
-			if err != nil {
-				return usageError{err}
+			if err := f.applyConfig(cmd); err != nil {
+				return err
 			}
 			st := map[string]any{}
 			if f.region != "" {

@@ -173,3 +173,19 @@ func TestShippedConfigDecodes(t *testing.T) {
 		}
 	}
 }
+
+// TestEveryVerbReadsBackendTables: status, which reads the config files
+// on its own path, takes [backends.NAME] (and the older [NAME]) tables as
+// the engine verbs do.
+func TestEveryVerbReadsBackendTables(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "ckpt.toml"), []byte("[backends.criu]\nprocess_trees = [\"/nosuch.service\"]\n[qemu]\nsocket_dir = \"/nosuch\"\n"), 0o644)
+	cmd := newRootCommand()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs([]string{"status", "--config-dir", dir, "--journal", filepath.Join(dir, "j.json"), "--resume-state", filepath.Join(dir, "r.json"), "--json"})
+	if err := cmd.Execute(); err != nil {
+		t.Fatalf("status with backend tables: %v\n%s", err, out.String())
+	}
+}
