@@ -129,6 +129,11 @@ type targetFlags struct {
 func (t *targetFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&t.kernel, "kernel", "", "kernel version (or vmlinuz path) to boot (default: the bootloader's default entry, GRUB or systemd-boot)")
 	fs.BoolVar(&t.noKexec, "no-kexec", false, "stop after the commit (for a soft-reboot or a full reboot with a disk region)")
+	t.addCmdline(fs)
+}
+
+// addCmdline declares the flags that edit the next kernel's command line.
+func (t *targetFlags) addCmdline(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&t.set, "cmdline-set", nil, "key=value parameters of the next kernel's command line that replace the running one's")
 	fs.StringSliceVar(&t.drop, "cmdline-drop", nil, "parameter keys to remove from the next kernel's command line")
 }

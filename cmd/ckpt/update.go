@@ -66,8 +66,7 @@ not, for kured's --reboot-sentinel-command.`,
 		},
 	}
 	f.add(c.Flags())
-	c.Flags().StringSliceVar(&target.set, "cmdline-set", nil, "key=value parameters of the next kernel's command line that replace the running one's")
-	c.Flags().StringSliceVar(&target.drop, "cmdline-drop", nil, "parameter keys to remove from the next kernel's command line")
+	target.addCmdline(c.Flags())
 	c.Flags().BoolVar(&check, "check", false, "only the precheck: exit 0 when an update is due, 4 when not")
 	c.Flags().BoolVar(&preDump, "pre-dump", true, "copy memory ahead of the freeze where backends can")
 	return c

@@ -83,7 +83,8 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 	img, direct := imageDir(dst, imagePrefix, img)
 	rec := recipe{Runtime: "runc", Root: r.cfg.RuncRoot, ID: w.ID, Bundle: st.Bundle, TCP: len(conns) > 0, Locks: hostConns(conns),
 		Stopped: nsPids(r.loadStopped(w.ID))}
-	if tasks := r.tasks(ctx, w); tasks != nil {
+	tasks := r.tasks(ctx, w)
+	if tasks != nil {
 		rec.Needs = needsOf(tasks()).withOptions(r.cfg.Options, w.ID)
 	}
 	ends := endsWithDump(conns, rec.Needs)
@@ -127,7 +128,7 @@ func (r *Runtime) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 		keep = true // even if CRIU fails: Thaw and Revive decide
 	}
 	start := time.Now()
-	if _, err := r.runcCRIU(ctx, r.tasks(ctx, w), env, append(args, w.ID)...); err != nil {
+	if _, err := r.runcCRIU(ctx, tasks, env, append(args, w.ID)...); err != nil {
 		if direct && !ends {
 			os.RemoveAll(img)
 		}
