@@ -22,7 +22,11 @@ const DefaultCancelGrace = 2 * time.Minute
 // cancelled ctx does not kill CRIU: the call waits until CRIU ends on its
 // own, for at most the grace; only then is it killed, and waited for.
 
-// runOwned runs cmd in a process group of its own. When ctx ends first,
+// runOwned runs cmd in a session (and so a process group) of its own.
+// The session matters for CRIU: a tree dumped as a shell job is restored
+// into CRIU's session, and the caller's may have its leader outside this
+// pid namespace (a service or CI runner entered with unshare/nsenter), where
+// the tree's next dump would find session 0 and fail. When ctx ends first,
 // it waits for cmd for up to grace, then kills the whole group (runc and
 // the CRIU it started) and every CRIU still tracing one of pids(). It
 // returns only once cmd has exited: with cmd's own result when cmd ended
@@ -32,7 +36,7 @@ func runOwned(ctx context.Context, cmd *exec.Cmd, grace time.Duration, pids func
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
-	cmd.SysProcAttr.Setpgid = true
+	cmd.SysProcAttr.Setsid = true
 	if err := cmd.Start(); err != nil {
 		return err
 	}

@@ -21,17 +21,20 @@ package criu
 import (
 	"context"
 	"fmt"
+	"hash/crc32"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	gocriu "github.com/checkpoint-restore/go-criu/v7"
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/internal/atomicfile"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 )
@@ -92,6 +95,7 @@ type Runtime struct {
 	log         *slog.Logger
 	criuVersion int
 	memTrack    bool     // CRIU can track dirty memory (pre-dump works)
+	swrkPath    string   // criu in a session of its own (sessionWrapper)
 	pre         predumps // pre-dumps the next Dump builds on, by workload
 	ended       endedSet // containers their Dump ended (TCP connections)
 	stagingOnce sync.Once
@@ -167,7 +171,44 @@ func New(_ context.Context, cfg Config, log *slog.Logger) (*Runtime, error) {
 	if !memTrack {
 		log.Debug("CRIU cannot track dirty memory here (kernel without CONFIG_MEM_SOFT_DIRTY?): no pre-dump")
 	}
-	return &Runtime{cfg: cfg, log: log, criuVersion: v, memTrack: memTrack}, nil
+	swrk, err := sessionWrapper(swrkDir, criuPath)
+	if err != nil {
+		return nil, err
+	}
+	return &Runtime{cfg: cfg, log: log, criuVersion: v, memTrack: memTrack, swrkPath: swrk}, nil
+}
+
+// swrkDir holds the session wrapper: not WorkDir, where a tmpfs may be
+// mounted over it (mountStaging).
+var swrkDir = "/run/ckpt"
+
+// sessionWrapper writes a script into dir that runs criu in a session of
+// its own (setsid), and returns its path: go-criu starts "criu swrk" in
+// the caller's session, and a process tree CRIU restores as a shell job
+// joins CRIU's session. The caller's may have its leader outside this pid
+// namespace (a service or CI runner entered with unshare or nsenter):
+// the tree would then have session 0, which its next dump refuses ("A
+// session leader … is outside of its pid namespace"). Without setsid(1)
+// it returns criu itself.
+func sessionWrapper(dir, criu string) (string, error) {
+	setsid, err := exec.LookPath("setsid")
+	if err != nil {
+		return criu, nil
+	}
+	quote := func(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+	script := "#!/bin/sh\n# written by ckpt: criu swrk in a session of its own\nexec " + quote(setsid) + " " + quote(criu) + " \"$@\"\n"
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("criu session wrapper: %w", err)
+	}
+	// One per criu binary: backends with different CRIUs do not clobber.
+	path := filepath.Join(dir, fmt.Sprintf("criu-swrk-%08x", crc32.ChecksumIEEE([]byte(criu))))
+	if b, err := os.ReadFile(path); err == nil && string(b) == script {
+		return path, nil
+	}
+	if err := atomicfile.Write(path, []byte(script), 0o700); err != nil {
+		return "", fmt.Errorf("criu session wrapper: %w", err)
+	}
+	return path, nil
 }
 
 // Name implements hypervisors.Backend.

@@ -163,6 +163,10 @@ func (r *Runtime) preflightTree(w hypervisors.Workload) error {
 	if err := cgroupFiles(w.ID, pids); err != nil {
 		return err
 	}
+	if st, err := procStat(root); err == nil && st.sid == 0 {
+		return fmt.Errorf("%w: %s: the session of pid %d has its leader outside this pid namespace (session 0), which CRIU cannot dump; start the tree in a session of its own (setsid, or a systemd unit)",
+			hypervisors.ErrNotCheckpointable, w.ID, root)
+	}
 	for fd := 0; fd <= 2; fd++ {
 		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", root, fd))
 		if err == nil && strings.HasPrefix(l, "socket:") {
@@ -393,7 +397,7 @@ func (r *Runtime) swrk(ctx context.Context, req rpc.CriuReqType, img, work strin
 	opts.ImagesDirFd = proto.Int32(int32(imgF.Fd()))
 	opts.WorkDirFd = proto.Int32(int32(workF.Fd()))
 	c := gocriu.MakeCriu()
-	c.SetCriuPath(r.cfg.CRIU)
+	c.SetCriuPath(r.swrkPath)
 	done := make(chan error, 1)
 	go func() {
 		switch req {
