@@ -129,6 +129,14 @@ func readFile(p string) string { b, _ := os.ReadFile(p); return string(b) }
 // not notBoot, and returns the new boot id.
 func (g *sysGuest) WaitBoot(notBoot string, timeout time.Duration) string {
 	g.t.Helper()
+	return g.WaitBootUnless(notBoot, timeout, "")
+}
+
+// WaitBootUnless is WaitBoot that gives up as soon as the script
+// unless, run in the old boot, prints something: what ended the boot has
+// failed instead (its output is the test's failure).
+func (g *sysGuest) WaitBootUnless(notBoot string, timeout time.Duration, unless string) string {
+	g.t.Helper()
 	start := time.Now()
 	deadline := start.Add(timeout)
 	for time.Now().Before(deadline) {
@@ -139,6 +147,14 @@ func (g *sysGuest) WaitBoot(notBoot string, timeout time.Duration) string {
 			if id := strings.TrimSpace(res.Stdout); id != "" && id != notBoot {
 				g.t.Logf("guest up (boot %s) after %s", id[:8], time.Since(start).Round(time.Second))
 				return id
+			}
+			if unless != "" {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				res, err := g.agent.exec(ctx, unless)
+				cancel()
+				if err == nil && strings.TrimSpace(res.Stdout) != "" {
+					g.t.Fatalf("no new boot: %s", res.Stdout)
+				}
 			}
 		}
 		if g.cmd.ProcessState != nil {

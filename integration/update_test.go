@@ -366,7 +366,9 @@ func (s *e2eSuite) suspend(cmd string) *run {
 	s.t.Helper()
 	r := &run{before: s.state(), start: time.Now()}
 	s.g.Start("(" + cmd + ") >/var/log/ckpt-e2e-suspend.log 2>&1; echo exit $? >>/var/log/ckpt-e2e-suspend.log")
-	s.g.WaitBoot(r.before.boot, 10*time.Minute)
+	// A failed command ends the log with "exit N", N > 0 (one that kexecs
+	// may write "exit 0" while systemd shuts down).
+	s.g.WaitBootUnless(r.before.boot, 10*time.Minute, "grep -q '^exit [1-9]' /var/log/ckpt-e2e-suspend.log && cat /var/log/ckpt-e2e-suspend.log")
 	r.up = time.Since(r.start)
 	return r
 }

@@ -171,44 +171,56 @@ func New(_ context.Context, cfg Config, log *slog.Logger) (*Runtime, error) {
 	if !memTrack {
 		log.Debug("CRIU cannot track dirty memory here (kernel without CONFIG_MEM_SOFT_DIRTY?): no pre-dump")
 	}
-	swrk, err := sessionWrapper(swrkDir, criuPath)
+	swrk, err := sessionWrapper(swrkDirs, criuPath)
 	if err != nil {
 		return nil, err
+	}
+	if swrk == criuPath {
+		log.Debug("criu swrk runs in ckpt's session (no setsid, or no directory that allows executables)")
 	}
 	return &Runtime{cfg: cfg, log: log, criuVersion: v, memTrack: memTrack, swrkPath: swrk}, nil
 }
 
-// swrkDir holds the session wrapper: not WorkDir, where a tmpfs may be
-// mounted over it (mountStaging).
-var swrkDir = "/run/ckpt"
+// swrkDirs may hold the session wrapper, in order: the first that allows
+// executables is used. Debian mounts /run noexec, hence the second. Not
+// WorkDir, where a tmpfs may be mounted over it (mountStaging).
+var swrkDirs = []string{"/run/ckpt", "/var/lib/ckpt"}
 
-// sessionWrapper writes a script into dir that runs criu in a session of
-// its own (setsid), and returns its path: go-criu starts "criu swrk" in
-// the caller's session, and a process tree CRIU restores as a shell job
-// joins CRIU's session. The caller's may have its leader outside this pid
-// namespace (a service or CI runner entered with unshare or nsenter):
-// the tree would then have session 0, which its next dump refuses ("A
-// session leader … is outside of its pid namespace"). Without setsid(1)
-// it returns criu itself.
-func sessionWrapper(dir, criu string) (string, error) {
+// sessionWrapper writes a script into the first of dirs whose filesystem
+// allows executables; the script runs criu in a session of its own
+// (setsid). It returns its path: go-criu starts "criu swrk" in the
+// caller's session, and a process tree CRIU restores as a shell job joins
+// CRIU's session. The caller's may have its leader outside this pid
+// namespace (a service or CI runner entered with unshare or nsenter): the
+// tree would then have session 0, which its next dump refuses ("A session
+// leader … is outside of its pid namespace"). Without setsid(1), or with
+// every dir noexec, it returns criu itself.
+func sessionWrapper(dirs []string, criu string) (string, error) {
 	setsid, err := exec.LookPath("setsid")
 	if err != nil {
 		return criu, nil
 	}
 	quote := func(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 	script := "#!/bin/sh\n# written by ckpt: criu swrk in a session of its own\nexec " + quote(setsid) + " " + quote(criu) + " \"$@\"\n"
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("criu session wrapper: %w", err)
-	}
-	// One per criu binary: backends with different CRIUs do not clobber.
-	path := filepath.Join(dir, fmt.Sprintf("criu-swrk-%08x", crc32.ChecksumIEEE([]byte(criu))))
-	if b, err := os.ReadFile(path); err == nil && string(b) == script {
+	for _, dir := range dirs {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return "", fmt.Errorf("criu session wrapper: %w", err)
+		}
+		var fs unix.Statfs_t
+		if err := unix.Statfs(dir, &fs); err != nil || fs.Flags&unix.ST_NOEXEC != 0 {
+			continue
+		}
+		// One per criu binary: backends with different CRIUs do not clobber.
+		path := filepath.Join(dir, fmt.Sprintf("criu-swrk-%08x", crc32.ChecksumIEEE([]byte(criu))))
+		if b, err := os.ReadFile(path); err == nil && string(b) == script {
+			return path, nil
+		}
+		if err := atomicfile.Write(path, []byte(script), 0o700); err != nil {
+			return "", fmt.Errorf("criu session wrapper: %w", err)
+		}
 		return path, nil
 	}
-	if err := atomicfile.Write(path, []byte(script), 0o700); err != nil {
-		return "", fmt.Errorf("criu session wrapper: %w", err)
-	}
-	return path, nil
+	return criu, nil
 }
 
 // Name implements hypervisors.Backend.
