@@ -24,6 +24,7 @@ import (
 
 	// The backends register themselves.
 	_ "github.com/ckpt-dev/ckpt/hypervisors/criu"
+	_ "github.com/ckpt-dev/ckpt/hypervisors/libvirt"
 	_ "github.com/ckpt-dev/ckpt/hypervisors/qemu"
 )
 
@@ -61,10 +62,9 @@ func (f *engineFlags) backends(ctx context.Context, log *slog.Logger) ([]hypervi
 
 // backendsWith loads the backends with more settings per backend.
 func (f *engineFlags) backendsWith(ctx context.Context, log *slog.Logger, extra map[string]map[string]any) ([]hypervisors.Backend, error) {
+	// A skipped backend is logged by Load and listed by the plan; a host
+	// without libvirt, say, is not a warning.
 	bs, skipped, err := hypervisors.Load(ctx, f.backend.configs(extra), log)
-	for name, why := range skipped {
-		log.Warn("backend not available", "backend", name, "reason", why)
-	}
 	f.skipped = skipped
 	return bs, err
 }
