@@ -196,7 +196,7 @@ func NewPlan(ctx context.Context, opts Options) (*Plan, error) {
 		}
 		p.checkStaging(r.DirectFiles())
 	}
-	p.Warnings = HostWarnings()
+	p.Warnings = HostWarnings(p.ActiveBackends)
 	p.Kexec = opts.Kexec
 	p.checkKexec()
 	p.estimateFrozen()

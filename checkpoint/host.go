@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
@@ -12,19 +13,32 @@ import (
 
 // HostWarnings lists what on this host would fight a suspend-all: a
 // kernel already loaded for kexec (with one loaded, "systemctl reboot"
-// silently kexecs into it), libvirt-guests (it saves guests to disk at
-// shutdown), and container managers that recreate workloads at boot before
-// resume-all runs.
-func HostWarnings() []string {
+// silently kexecs into it), libvirt's domains when no active backend
+// suspends them, and container managers that recreate workloads at boot
+// before resume-all runs. active names the backends that look for
+// workloads.
+func HostWarnings(active []string) []string {
 	var ws []string
 	if loaded, err := kexec.Loaded(); err == nil && loaded {
 		ws = append(ws, "a kernel is already loaded for kexec: a plain reboot would kexec into it (ckpt kexec unload)")
 	}
+	// With the libvirt backend active, libvirt-guests is harmless: ckpt
+	// saves the domains before the kexec, so at shutdown libvirt-guests
+	// finds none running and records none to start at boot, and
+	// ckpt-resume.service restores them after libvirtd and before
+	// libvirt-guests, with their autostart switched off until then.
+	// Without the backend ckpt does not suspend the domains at all.
+	if unitEnabled("libvirtd.service") && !slices.Contains(active, "libvirt") {
+		fate := "the kexec ends them"
+		if unitEnabled("libvirt-guests.service") {
+			fate = "libvirt-guests saves them to disk at shutdown (ON_SHUTDOWN) and starts them at boot, outside the region"
+		}
+		ws = append(ws, "libvirtd.service is enabled but ckpt's libvirt backend is not active (is libvirtd running?): ckpt does not suspend libvirt's domains; "+fate)
+	}
 	for unit, why := range map[string]string{
-		"libvirt-guests.service": "saves or shuts down libvirt guests at shutdown; set ON_SHUTDOWN=shutdown and let ckpt suspend them, or disable it",
-		"kubelet.service":        "recreates pods at boot before resume-all; order ckpt-resume.service before it",
-		"docker.service":         "restarts containers with a restart policy at boot; order ckpt-resume.service before it",
-		"containerd.service":     "may restart its containers at boot; order ckpt-resume.service before it",
+		"kubelet.service":    "recreates pods at boot before resume-all; order ckpt-resume.service before it",
+		"docker.service":     "restarts containers with a restart policy at boot; order ckpt-resume.service before it",
+		"containerd.service": "may restart its containers at boot; order ckpt-resume.service before it",
 	} {
 		if unitEnabled(unit) {
 			ws = append(ws, unit+" is enabled: it "+why)

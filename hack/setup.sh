@@ -23,7 +23,8 @@ TRIXIE_PKGS=(libc6 libgnutls30t64 libnftables1 libprotobuf-c1 libbsd0 libuuid1
 	libnftnl11 libxtables12 libjansson4 libmnl0 libidn2-0 libunistring5
 	libtasn1-6 libnettle8t64 libhogweed6t64 libgmp10 libp11-kit0 libffi8 libmd0)
 HOST_PKGS=(iptables runc busybox-static qemu-system-x86 qemu-utils cpio xz-utils binutils
-	gzip zstd procps iproute2 util-linux e2fsprogs ca-certificates)
+	gzip zstd procps iproute2 util-linux e2fsprogs ca-certificates
+	libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu)
 # QEMU 10 from bookworm-backports, unpacked beside bookworm's 7.2 (cpr-reboot,
 # mapped-ram and multifd need >= 9). Its libraries are bookworm's.
 QEMU10_PREFIX=${CKPT_QEMU10_PREFIX:-/opt/ckpt/qemu10}
@@ -146,6 +147,28 @@ WRAP
 fi
 "$QEMU10" --version | grep -q 'version 10\.' || { echo "setup.sh: $QEMU10 does not run" >&2; exit 1; }
 log "qemu: $(qemu-system-x86_64 --version | head -1 | awk '{print $4}') and $($QEMU10 --version | head -1 | awk '{print $4}') ($QEMU10)"
+
+# --- libvirtd for qemu:///system (the libvirt backend's tests). Under systemd
+# the package's units start it; on a host without systemd (a container) start
+# the daemons directly.
+# Without udev, /dev/kvm stays root:root 0600. libvirt probes QEMU as root
+# but checks /dev/kvm as libvirt-qemu, so it found its capability cache stale
+# on every domain definition and re-probed QEMU 16 times (32 s a define).
+# Give the node the group and mode Debian's udev rule gives it.
+if [ -c /dev/kvm ] && [ "$(stat -c %G /dev/kvm)" = root ]; then
+	chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
+if [ ! -S /run/libvirt/libvirt-sock ]; then
+	if [ -d /run/systemd/system ]; then
+		systemctl start virtlogd.socket libvirtd.socket libvirtd.service
+	else
+		pgrep -x virtlogd >/dev/null || virtlogd -d
+		libvirtd -d
+	fi
+	for _ in $(seq 50); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.2; done
+fi
+virsh -c qemu:///system version --daemon >/dev/null || { echo "setup.sh: libvirtd does not answer" >&2; exit 1; }
+log "libvirt: $(virsh -c qemu:///system version --daemon | awk '/daemon/{print $NF}')"
 
 # --- guest kernels, unpacked under the cache (the host's /boot is untouched)
 unpack_kernel() { # suite pkg dir

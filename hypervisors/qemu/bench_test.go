@@ -51,7 +51,7 @@ func BenchmarkSaveRestore(b *testing.B) {
 		for _, mode := range benchModes {
 			b.Run(fmt.Sprintf("guest=%dMiB/%s", mib, mode.name), func(b *testing.B) {
 				emu := testenv.RequireTool(b, mode.emulator)
-				sockDir := shortDir(b) // b.TempDir() is too long for a unix socket path
+				sockDir := testenv.SocketDir(b) // b.TempDir() is too long for a unix socket path
 				cfg := mode.cfg
 				cfg.SocketDir, cfg.LogDir = sockDir, b.TempDir()
 				var extra []string
@@ -136,15 +136,4 @@ func BenchmarkSaveRestore(b *testing.B) {
 			})
 		}
 	}
-}
-
-// shortDir is a temporary directory with a short path (sun_path holds 108
-// bytes).
-func shortDir(t testing.TB) string {
-	d, err := os.MkdirTemp("", "ckptq")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
 }

@@ -158,3 +158,15 @@ func TempRegion(t testing.TB, base, kind string, size int64) (*memregion.Region,
 	t.Cleanup(drop)
 	return r, drop
 }
+
+// SocketDir is a short temporary directory for unix sockets (whose paths
+// t.TempDir() makes too long), removed at cleanup.
+func SocketDir(t testing.TB) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "cks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}

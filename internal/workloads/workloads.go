@@ -202,8 +202,8 @@ var (
 	initrdErr  error
 )
 
-// guestInitrd is an initramfs whose /init is testload in guest mode.
-func guestInitrd(t testing.TB) string {
+// GuestInitrd is an initramfs whose /init is testload in guest mode.
+func GuestInitrd(t testing.TB) string {
 	t.Helper()
 	bin := testenv.StaticBinary(t, "./internal/testload")
 	initrdOnce.Do(func() {
@@ -254,9 +254,9 @@ func StartGuestData(t testing.TB, emulator, sockDir string, memMiB, dataMiB int,
 	g := &Guest{ID: fmt.Sprintf("ckpt-vm-%d-%d", os.Getpid(), Seq.Add(1))}
 	g.Socket = filepath.Join(sockDir, g.ID+".qmp")
 	g.Console = filepath.Join(t.TempDir(), "console.log")
-	cmdline := fmt.Sprintf("console=ttyS0 quiet panic=-1 rdinit=/init -- -guest -child= -listen= -mem %d -tick 100ms -sum-every 2s", dataMiB)
+	cmdline := GuestCmdline(dataMiB)
 	args := []string{"-name", "guest=" + g.ID, "-machine", "pc", "-m", strconv.Itoa(memMiB) + "M", "-nodefaults", "-display", "none",
-		"-no-reboot", "-kernel", GuestKernel(t), "-initrd", guestInitrd(t), "-append", cmdline, "-smp", "1",
+		"-no-reboot", "-kernel", GuestKernel(t), "-initrd", GuestInitrd(t), "-append", cmdline, "-smp", "1",
 		"-chardev", "file,id=ser0,path=" + g.Console + ",append=on", "-serial", "chardev:ser0",
 		"-qmp", "unix:" + g.Socket + ",server=on,wait=off"}
 	args = append(args, extra...)
@@ -284,6 +284,12 @@ func StartGuestData(t testing.TB, emulator, sockDir string, memMiB, dataMiB int,
 	b, _ := os.ReadFile(g.Console)
 	t.Fatalf("guest %s did not start ticking; console:\n%s", g.ID, TailLines(string(b), 20))
 	return nil
+}
+
+// GuestCmdline is the kernel command line of a test guest whose init
+// (testload) holds dataMiB of checksummed data and ticks on ttyS0.
+func GuestCmdline(dataMiB int) string {
+	return fmt.Sprintf("console=ttyS0 quiet panic=-1 rdinit=/init -- -guest -child= -listen= -mem %d -tick 100ms -sum-every 2s", dataMiB)
 }
 
 // killBySocket ends every QEMU whose command line names socket (the
