@@ -3,9 +3,13 @@ package integration
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,6 +28,7 @@ type host struct {
 	journal, state, lock, criuLogs string
 	containers                     []*workloads.Container
 	guests                         []*workloads.Guest
+	domains                        []string // libvirt's, also in guests
 }
 
 func newHost(t *testing.T) *host {
@@ -50,6 +55,14 @@ func (h *host) container(env []string) *workloads.Container {
 	c := workloads.StartContainer(h.t, h.runcRoot, env, 64)
 	h.containers = append(h.containers, c)
 	return c
+}
+
+// domain starts a libvirt domain (defined and started with virsh).
+func (h *host) domain() *workloads.Guest {
+	g := workloads.StartDomain(h.t, 256, 32, true)
+	h.guests = append(h.guests, g)
+	h.domains = append(h.domains, g.ID)
+	return g
 }
 
 func (h *host) vm() *workloads.Guest {
@@ -80,11 +93,12 @@ func (h *host) stdout(args ...string) (string, error) {
 }
 
 // command is ckpt with args, scoped to this test's region, runc root,
-// QMP directory, journal and resume state.
+// QMP directory, libvirt domains, journal and resume state: the host's
+// own workloads are never touched.
 func (h *host) command(args ...string) *exec.Cmd {
 	if len(args) > 0 && args[0] != "region" {
 		args = append(args, "--region", h.region, "--runc-root", h.runcRoot, "--qmp-dir", h.qmpDir,
-			"--journal", h.journal, "--resume-state", h.state)
+			"--libvirt-domain", workloads.DomainGlob(), "--journal", h.journal, "--resume-state", h.state)
 	}
 	return exec.Command(h.ckpt, args...)
 }
@@ -134,6 +148,11 @@ func (h *host) running(since map[string]int64) {
 		if g.Ticks() <= since[g.ID] {
 			t.Fatalf("VM %s does not run (counter %d)", g.ID, g.Ticks())
 		}
+		if slices.Contains(h.domains, g.ID) {
+			if st := workloads.DomainState(t, g.ID); st != "running" {
+				t.Fatalf("libvirt domain %s: virsh domstate = %q, want running", g.ID, st)
+			}
+		}
 		fi, _ := os.Stat(g.Console)
 		from := fi.Size()
 		for {
@@ -164,24 +183,32 @@ func (h *host) counters() map[string]int64 {
 	return m
 }
 
-// TestSuspendAllResumeAll: ckpt suspend-all of two runc containers and a
-// QEMU VM into a directory region, then ckpt resume-all; everything runs
-// on where it stopped.
+// TestSuspendAllResumeAll: ckpt suspend-all of two runc containers, a
+// QEMU VM and a libvirt domain (autostart on) into a directory region,
+// then ckpt resume-all; everything runs on where it stopped, and libvirt
+// lists its domain running with its autostart back.
 func TestSuspendAllResumeAll(t *testing.T) {
 	h := newHost(t)
 	h.container(workloads.Checkpointable)
 	h.container(workloads.Checkpointable)
 	h.vm()
+	dom := h.domain()
 	out, err := h.run("plan", "--no-kexec")
-	if err != nil || !strings.Contains(out, "3 workloads") {
+	if err != nil || !strings.Contains(out, "4 workloads") || !strings.Contains(out, "libvirt/"+dom.ID) {
 		t.Fatalf("plan: %v", err)
 	}
 	before := h.counters()
-	if out, err := h.run("suspend-all", "--no-kexec"); err != nil || !strings.Contains(out, "committed 3 workloads") {
+	if out, err := h.run("suspend-all", "--no-kexec"); err != nil || !strings.Contains(out, "committed 4 workloads") {
 		t.Fatalf("suspend-all: %v", err)
 	}
 	if out, _ := exec.Command("runc", "--root", h.runcRoot, "list", "-q").Output(); strings.TrimSpace(string(out)) != "" {
 		t.Fatalf("containers still listed after suspend-all: %s", out)
+	}
+	if st := workloads.DomainState(t, dom.ID); st != "shut off" {
+		t.Fatalf("libvirt domain after suspend-all: %q, want shut off (saved into the region)", st)
+	}
+	if info, _ := workloads.Virsh(t, "dominfo", dom.ID); !regexp.MustCompile(`Autostart:\s+disable`).MatchString(info) {
+		t.Fatalf("libvirt domain's autostart while suspended:\n%s", info)
 	}
 	out, err = h.stdout("resume-all", "--order", "vm", "--json")
 	if err != nil {
@@ -191,16 +218,40 @@ func TestSuspendAllResumeAll(t *testing.T) {
 		Restored []any `json:"restored"`
 		Released bool  `json:"released"`
 	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Restored) != 3 || !res.Released {
+	if err := lastJSON(out, &res); err != nil || len(res.Restored) != 4 || !res.Released {
 		t.Fatalf("resume-all result: %+v, %v", res, err)
 	}
 	h.running(before)
+	if info, _ := workloads.Virsh(t, "dominfo", dom.ID); !regexp.MustCompile(`Autostart:\s+enable`).MatchString(info) {
+		t.Fatalf("libvirt domain's autostart after resume-all:\n%s", info)
+	}
 	// Nothing is restored twice: the region is released, a second
 	// resume-all finds nothing to do and touches nothing.
 	if out, err := h.run("resume-all"); err == nil || !strings.Contains(out, "nothing was restored") {
 		t.Fatalf("second resume-all = %v; want a refusal that restores nothing", err)
 	}
 	h.running(h.counters())
+}
+
+// lastJSON decodes the last of the JSON values in out: with --json,
+// resume-all streams its progress events ({"event": …}, one per line)
+// before its result.
+func lastJSON(out string, v any) error {
+	dec := json.NewDecoder(strings.NewReader(out))
+	var last json.RawMessage
+	for {
+		var m json.RawMessage
+		if err := dec.Decode(&m); err == io.EOF {
+			break
+		} else if err != nil {
+			return err
+		}
+		last = m
+	}
+	if last == nil {
+		return fmt.Errorf("no JSON in %q", out)
+	}
+	return json.Unmarshal(last, v)
 }
 
 // TestFailedDumpKeepsEverythingRunning: one container CRIU cannot dump
@@ -229,9 +280,7 @@ func TestFailedDumpKeepsEverythingRunning(t *testing.T) {
 // under way), with the command and its output.
 func (h *host) startSuspend(extra ...string) (*exec.Cmd, *bytes.Buffer) {
 	h.t.Helper()
-	args := append([]string{"suspend-all", "--no-kexec", "--region", h.region, "--runc-root", h.runcRoot,
-		"--qmp-dir", h.qmpDir, "--journal", h.journal, "--resume-state", h.state}, extra...)
-	cmd := exec.Command(h.ckpt, args...)
+	cmd := h.command(append([]string{"suspend-all", "--no-kexec"}, extra...)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

@@ -90,9 +90,7 @@ func killed(err error) bool {
 // runEnv is run with more environment.
 func (h *host) runEnv(env []string, args ...string) (string, error) {
 	h.t.Helper()
-	args = append(args, "--region", h.region, "--runc-root", h.runcRoot, "--qmp-dir", h.qmpDir,
-		"--journal", h.journal, "--resume-state", h.state)
-	cmd := exec.Command(h.ckpt, args...)
+	cmd := h.command(args...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	h.t.Logf("ckpt %s (%s):\n%s", args[0], strings.Join(env, " "), out)

@@ -357,7 +357,11 @@ func (b *Backend) Thaw(ctx context.Context, w hypervisors.Workload) error {
 	}
 	if !active {
 		if s.saved == "" {
-			return fmt.Errorf("libvirt domain %s is not running and ckpt holds no save of it", w.ID)
+			// Nothing of this process's to thaw or bring back: for the
+			// caller the original is gone (a resume restores it from the
+			// region).
+			b.forget(w.ID)
+			return fmt.Errorf("%w: libvirt domain %s is not running, and this process saved none of it", hypervisors.ErrNotFound, w.ID)
 		}
 		if err := b.restoreFile(ctx, w.ID, s.saved, s.wasPaused); err != nil {
 			return err
