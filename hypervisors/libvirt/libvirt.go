@@ -404,6 +404,10 @@ type recipe struct {
 	Autostart  bool   `json:"autostart,omitempty"` // put back after the restore
 	Persistent bool   `json:"persistent"`
 	Libvirt    string `json:"libvirt"`
+	// SaveMS is how long libvirt's save job itself took (its completed
+	// job's time_elapsed: QEMU's migration into the file); the rest of
+	// the save is libvirt ending the QEMU process.
+	SaveMS uint64 `json:"save_ms,omitempty"`
 }
 
 // rescue is the record Dump journals before the save ends the domain.
@@ -469,6 +473,7 @@ func (b *Backend) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 	if !direct {
 		s.staged = file
 	}
+	saveMS := b.completedJobMS(d)
 	fi, err := os.Stat(file)
 	if err != nil {
 		return nil, err
@@ -482,8 +487,23 @@ func (b *Backend) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 	}
 	return json.Marshal(recipe{
 		Name: w.ID, UUID: uuidString(d.UUID), Object: saveObject, Bytes: fi.Size(),
-		Paused: s.wasPaused, Autostart: s.autostart, Persistent: persistent == 1, Libvirt: b.Version(),
+		Paused: s.wasPaused, Autostart: s.autostart, Persistent: persistent == 1, Libvirt: b.Version(), SaveMS: saveMS,
 	})
+}
+
+// completedJobMS is the time_elapsed of the domain's last completed job
+// (0 where libvirt keeps none, as for a transient domain, gone).
+func (b *Backend) completedJobMS(d golibvirt.Domain) uint64 {
+	_, params, err := b.l.DomainGetJobStats(d, golibvirt.DomainJobStatsCompleted)
+	if err != nil {
+		return 0
+	}
+	for _, p := range params {
+		if v, ok := p.Value.I.(uint64); ok && p.Field == "time_elapsed" {
+			return v
+		}
+	}
+	return 0
 }
 
 // save runs virDomainSaveFlags; when ctx ends first the save job is
