@@ -13,9 +13,9 @@ import (
 
 // HostWarnings lists what on this host would fight a suspend-all: a
 // kernel already loaded for kexec (with one loaded, "systemctl reboot"
-// silently kexecs into it), libvirt's domains when no active backend
-// suspends them, and container managers that recreate workloads at boot
-// before resume-all runs. active names the backends that look for
+// silently kexecs into it), libvirt's domains and Docker's containers
+// when no active backend suspends them, and kubelet, which recreates pods
+// at boot. active names the backends that look for
 // workloads.
 func HostWarnings(active []string) []string {
 	var ws []string
@@ -35,14 +35,14 @@ func HostWarnings(active []string) []string {
 		}
 		ws = append(ws, "libvirtd.service is enabled but ckpt's libvirt backend is not active (is libvirtd running?): ckpt does not suspend libvirt's domains; "+fate)
 	}
-	for unit, why := range map[string]string{
-		"kubelet.service":    "recreates pods at boot before resume-all; order ckpt-resume.service before it",
-		"docker.service":     "restarts containers with a restart policy at boot; order ckpt-resume.service before it",
-		"containerd.service": "may restart its containers at boot; order ckpt-resume.service before it",
-	} {
-		if unitEnabled(unit) {
-			ws = append(ws, unit+" is enabled: it "+why)
-		}
+	// Likewise the docker backend switches a container's restart policy
+	// off while it is in the region; without the backend dockerd's
+	// containers are not suspended.
+	if unitEnabled("docker.service") && !slices.Contains(active, "docker") {
+		ws = append(ws, "docker.service is enabled but ckpt's docker backend is not active (is dockerd running?): ckpt does not suspend Docker's containers; the kexec ends them, and dockerd starts those with a restart policy afresh at boot")
+	}
+	if unitEnabled("kubelet.service") {
+		ws = append(ws, "kubelet.service is enabled: it recreates pods at boot before resume-all; drain the node first (kubectl drain)")
 	}
 	// On a systemd host nothing resumes the workloads after the kexec
 	// unless the boot units are enabled (the package enables them).

@@ -24,7 +24,7 @@ TRIXIE_PKGS=(libc6 libgnutls30t64 libnftables1 libprotobuf-c1 libbsd0 libuuid1
 	libtasn1-6 libnettle8t64 libhogweed6t64 libgmp10 libp11-kit0 libffi8 libmd0)
 HOST_PKGS=(iptables runc busybox-static qemu-system-x86 qemu-utils cpio xz-utils binutils
 	gzip zstd procps iproute2 util-linux e2fsprogs ca-certificates
-	libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu)
+	libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu docker.io)
 # QEMU 10 from bookworm-backports, unpacked beside bookworm's 7.2 (cpr-reboot,
 # mapped-ram and multifd need >= 9). Its libraries are bookworm's.
 QEMU10_PREFIX=${CKPT_QEMU10_PREFIX:-/opt/ckpt/qemu10}
@@ -169,6 +169,39 @@ if [ ! -S /run/libvirt/libvirt-sock ]; then
 fi
 virsh -c qemu:///system version --daemon >/dev/null || { echo "setup.sh: libvirtd does not answer" >&2; exit 1; }
 log "libvirt: $(virsh -c qemu:///system version --daemon | awk '/daemon/{print $NF}')"
+
+# --- dockerd, with the experimental features its checkpoint and restore
+# need (the docker backend's tests). An existing daemon.json is left alone
+# unless it lacks the setting, which is then added.
+DJ=/etc/docker/daemon.json
+mkdir -p /etc/docker
+if [ ! -s "$DJ" ]; then
+	echo '{"experimental": true}' >"$DJ"
+elif ! grep -q '"experimental": *true' "$DJ"; then
+	python3 -c 'import json,sys; p=sys.argv[1]; d=json.load(open(p)); d["experimental"]=True; json.dump(d,open(p,"w"),indent=2)' "$DJ"
+fi
+# A daemon started without the setting (say by the package's own init
+# script, before daemon.json had it) is restarted.
+if docker info >/dev/null 2>&1 && [ "$(docker info --format '{{.ExperimentalBuild}}')" != true ]; then
+	if [ -d /run/systemd/system ]; then
+		systemctl stop docker.service
+	else
+		pkill -x dockerd
+		for _ in $(seq 50); do pgrep -x dockerd >/dev/null || break; sleep 0.2; done
+	fi
+fi
+if ! docker info >/dev/null 2>&1; then
+	if [ -d /run/systemd/system ]; then
+		systemctl restart containerd.service docker.service
+	else
+		[ -S /run/containerd/containerd.sock ] || { containerd >/var/log/containerd.log 2>&1 & }
+		for _ in $(seq 50); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.2; done
+		PATH=/usr/local/sbin:$PATH nohup dockerd --containerd /run/containerd/containerd.sock >/var/log/dockerd.log 2>&1 &
+	fi
+	for _ in $(seq 100); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+fi
+[ "$(docker info --format '{{.ExperimentalBuild}}' 2>/dev/null)" = true ] || { echo "setup.sh: dockerd does not run with experimental features" >&2; exit 1; }
+log "docker: $(docker info --format '{{.ServerVersion}}')"
 
 # --- guest kernels, unpacked under the cache (the host's /boot is untouched)
 unpack_kernel() { # suite pkg dir

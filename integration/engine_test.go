@@ -93,12 +93,12 @@ func (h *host) stdout(args ...string) (string, error) {
 }
 
 // command is ckpt with args, scoped to this test's region, runc root,
-// QMP directory, libvirt domains, journal and resume state: the host's
-// own workloads are never touched.
+// QMP directory, libvirt domains, Docker containers, journal and resume
+// state: the host's own workloads are never touched.
 func (h *host) command(args ...string) *exec.Cmd {
 	if len(args) > 0 && args[0] != "region" {
 		args = append(args, "--region", h.region, "--runc-root", h.runcRoot, "--qmp-dir", h.qmpDir,
-			"--libvirt-domain", workloads.DomainGlob(), "--journal", h.journal, "--resume-state", h.state)
+			"--libvirt-domain", workloads.DomainGlob(), "--docker-container", workloads.DockerGlob(), "--journal", h.journal, "--resume-state", h.state)
 	}
 	return exec.Command(h.ckpt, args...)
 }
@@ -184,21 +184,24 @@ func (h *host) counters() map[string]int64 {
 }
 
 // TestSuspendAllResumeAll: ckpt suspend-all of two runc containers, a
-// QEMU VM and a libvirt domain (autostart on) into a directory region,
-// then ckpt resume-all; everything runs on where it stopped, and libvirt
-// lists its domain running with its autostart back.
+// QEMU VM, a libvirt domain (autostart on) and a Docker container (restart
+// policy unless-stopped) into a directory region, then ckpt resume-all;
+// everything runs on where it stopped, and libvirt and Docker list theirs
+// running with autostart and restart policy back.
 func TestSuspendAllResumeAll(t *testing.T) {
 	h := newHost(t)
 	h.container(workloads.Checkpointable)
 	h.container(workloads.Checkpointable)
 	h.vm()
 	dom := h.domain()
+	dc := workloads.StartDockerContainer(t, 64, "--restart", "unless-stopped")
+	dcBefore := dc.Ticks(t)
 	out, err := h.run("plan", "--no-kexec")
-	if err != nil || !strings.Contains(out, "4 workloads") || !strings.Contains(out, "libvirt/"+dom.ID) {
+	if err != nil || !strings.Contains(out, "5 workloads") || !strings.Contains(out, "libvirt/"+dom.ID) || !strings.Contains(out, "docker/"+dc.Name) {
 		t.Fatalf("plan: %v", err)
 	}
 	before := h.counters()
-	if out, err := h.run("suspend-all", "--no-kexec"); err != nil || !strings.Contains(out, "committed 4 workloads") {
+	if out, err := h.run("suspend-all", "--no-kexec"); err != nil || !strings.Contains(out, "committed 5 workloads") {
 		t.Fatalf("suspend-all: %v", err)
 	}
 	if out, _ := exec.Command("runc", "--root", h.runcRoot, "list", "-q").Output(); strings.TrimSpace(string(out)) != "" {
@@ -210,6 +213,9 @@ func TestSuspendAllResumeAll(t *testing.T) {
 	if info, _ := workloads.Virsh(t, "dominfo", dom.ID); !regexp.MustCompile(`Autostart:\s+disable`).MatchString(info) {
 		t.Fatalf("libvirt domain's autostart while suspended:\n%s", info)
 	}
+	if st := dc.Inspect(t, "{{.State.Status}} {{.HostConfig.RestartPolicy.Name}}"); st != "exited no" {
+		t.Fatalf("docker container after suspend-all: %q, want exited with restart policy no", st)
+	}
 	out, err = h.stdout("resume-all", "--order", "vm", "--json")
 	if err != nil {
 		t.Fatalf("resume-all: %v", err)
@@ -218,12 +224,21 @@ func TestSuspendAllResumeAll(t *testing.T) {
 		Restored []any `json:"restored"`
 		Released bool  `json:"released"`
 	}
-	if err := lastJSON(out, &res); err != nil || len(res.Restored) != 4 || !res.Released {
+	if err := lastJSON(out, &res); err != nil || len(res.Restored) != 5 || !res.Released {
 		t.Fatalf("resume-all result: %+v, %v", res, err)
 	}
 	h.running(before)
 	if info, _ := workloads.Virsh(t, "dominfo", dom.ID); !regexp.MustCompile(`Autostart:\s+enable`).MatchString(info) {
 		t.Fatalf("libvirt domain's autostart after resume-all:\n%s", info)
+	}
+	if st := dc.Inspect(t, "{{.State.Status}} {{.HostConfig.RestartPolicy.Name}}"); st != "running unless-stopped" {
+		t.Fatalf("docker container after resume-all: %q, want running with its restart policy back", st)
+	}
+	if n := dc.Ticks(t); n <= dcBefore {
+		t.Fatalf("docker container counter %d after resume-all, %d before", n, dcBefore)
+	}
+	if out, err := workloads.Docker(t, "exec", dc.Name, "/bin/sh", "-c", "echo exec ok"); err != nil {
+		t.Fatalf("docker exec after resume-all: %s %v", out, err)
 	}
 	// Nothing is restored twice: the region is released, a second
 	// resume-all finds nothing to do and touches nothing.

@@ -24,6 +24,7 @@ import (
 
 	// The backends register themselves.
 	_ "github.com/ckpt-dev/ckpt/hypervisors/criu"
+	_ "github.com/ckpt-dev/ckpt/hypervisors/docker"
 	_ "github.com/ckpt-dev/ckpt/hypervisors/libvirt"
 	_ "github.com/ckpt-dev/ckpt/hypervisors/qemu"
 )

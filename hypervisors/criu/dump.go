@@ -4,10 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -248,57 +246,7 @@ func dumpStats(img string) *DumpStats {
 		MemwriteMicros: s.GetMemwriteTime(), PagesWritten: s.GetPagesWritten()}
 }
 
-// storeDir streams every regular file of dir into dst as images/<name>,
-// largest first, and returns the object names and the bytes stored.
+// storeDir streams every regular file of dir into dst as images/<name>.
 func storeDir(ctx context.Context, dir string, dst hypervisors.ObjectSink) ([]string, int64, error) {
-	return storeDirAs(ctx, dir, imagePrefix, dst)
-}
-
-func storeDirAs(ctx context.Context, dir, prefix string, dst hypervisors.ObjectSink) ([]string, int64, error) {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, 0, err
-	}
-	type file struct {
-		name string
-		size int64
-	}
-	var files []file
-	for _, e := range ents {
-		if info, err := e.Info(); err == nil && info.Mode().IsRegular() {
-			files = append(files, file{e.Name(), info.Size()})
-		}
-	}
-	sort.Slice(files, func(i, j int) bool { return files[i].size > files[j].size })
-	var names []string
-	var total int64
-	for _, f := range files {
-		if err := ctx.Err(); err != nil {
-			return nil, 0, err
-		}
-		n, err := copyIn(filepath.Join(dir, f.name), prefix+f.name, f.size, dst)
-		if err != nil {
-			return nil, 0, err
-		}
-		names = append(names, prefix+f.name)
-		total += n
-	}
-	return names, total, nil
-}
-
-func copyIn(src, name string, size int64, dst hypervisors.ObjectSink) (int64, error) {
-	f, err := os.Open(src)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	w, err := dst.Create(name, size)
-	if err != nil {
-		return 0, err
-	}
-	n, err := io.Copy(w, f)
-	if cerr := w.Close(); err == nil {
-		err = cerr
-	}
-	return n, err
+	return hypervisors.StoreDir(ctx, dir, imagePrefix, dst)
 }

@@ -38,6 +38,8 @@ func managerAdvice(manager string) string {
 	switch manager {
 	case "kubelet (containerd's k8s.io)":
 		return "kubelet would recreate its pod: drain the node as usual (kubectl drain)"
+	case "docker":
+		return "Docker's containers are suspended by the docker backend, through dockerd (point --runc-root elsewhere)"
 	default:
 		return "ckpt has no " + manager + " backend yet; stop it before the update and start it after, or leave it out with --only"
 	}

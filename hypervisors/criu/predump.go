@@ -87,7 +87,7 @@ func (r *Runtime) PreDump(ctx context.Context, w hypervisors.Workload, dst hyper
 		pd.names, _, err = adoptDirAs(ctx, img, predumpPrefix, dst.(hypervisors.DirectSink))
 	} else {
 		pd.staging = dir
-		pd.names, _, err = storeDirAs(ctx, img, predumpPrefix, dst)
+		pd.names, _, err = hypervisors.StoreDir(ctx, img, predumpPrefix, dst)
 	}
 	if err != nil {
 		return fmt.Errorf("storing pre-dump of %s: %w", w.ID, err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,46 +88,17 @@ func (r *Runtime) stageImages(src hypervisors.ObjectSource, rec recipe, dir stri
 			return nil
 		}
 	}
-	if err := copyAll(src, rec.Images, imagePrefix, *img); err != nil {
+	if err := hypervisors.LoadDir(src, rec.Images, imagePrefix, *img); err != nil {
 		return err
 	}
 	if len(rec.Parent) > 0 {
 		parent := filepath.Join(dir, "predump")
-		if err := copyAll(src, rec.Parent, predumpPrefix, parent); err != nil {
+		if err := hypervisors.LoadDir(src, rec.Parent, predumpPrefix, parent); err != nil {
 			return err
 		}
 		return os.Symlink("../predump", filepath.Join(*img, "parent"))
 	}
 	return nil
-}
-
-func copyAll(src hypervisors.ObjectSource, names []string, prefix, dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	for _, name := range names {
-		if err := copyOut(src, name, filepath.Join(dir, strings.TrimPrefix(name, prefix))); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func copyOut(src hypervisors.ObjectSource, name, path string) error {
-	rc, err := src.Open(name)
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, rc); err != nil {
-		f.Close()
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	return f.Close()
 }
 
 func readlink(p string) (string, error) { return os.Readlink(p) }
