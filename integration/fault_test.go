@@ -28,7 +28,8 @@ var suspendPoints = []string{
 
 // TestKilledAnywhereIsRecovered: ckpt suspend-all is killed with SIGKILL
 // at each of suspendPoints, with three containers (one holding an
-// established TCP connection, so that its dump ends it) and a VM. After
+// established TCP connection, so that its dump ends it), a VM, a libvirt
+// domain and a Docker container (whose dumps end them too). After
 // each, ckpt recover brings every workload back on this boot: all run,
 // none is frozen, the connection still talks, nothing is committed and
 // no journal is left. Then a whole suspend-all and resume-all work, and a
@@ -40,6 +41,10 @@ func TestKilledAnywhereIsRecovered(t *testing.T) {
 	h.container(workloads.Checkpointable)
 	h.container(workloads.Checkpointable)
 	h.vm()
+	// A libvirt domain and a Docker container: both end with their dump,
+	// so a kill after it leaves them only in their rescue records.
+	h.domain()
+	h.docker("--restart", "always")
 	conn := dialLine(t, talker.Addr)
 	for _, point := range suspendPoints {
 		t.Run(point, func(t *testing.T) {
@@ -70,8 +75,8 @@ func TestKilledAnywhereIsRecovered(t *testing.T) {
 		t.Fatalf("resume-all with restore:one: %v (want SIGKILL)\n%s", err, out)
 	}
 	out, err = h.run("resume-all")
-	if err != nil || !strings.Contains(out, "already resumed 1") || !strings.Contains(out, "resumed 3") {
-		t.Fatalf("second resume-all = %v; want the 3 others restored and the first skipped", err)
+	if err != nil || !strings.Contains(out, "already resumed 1") || !strings.Contains(out, "resumed 5") {
+		t.Fatalf("second resume-all = %v; want the 5 others restored and the first skipped", err)
 	}
 	h.running(before)
 	conn.talk(t, "resume-all")
