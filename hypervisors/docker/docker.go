@@ -494,8 +494,11 @@ func (b *Backend) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 		}
 		dir = filepath.Join(tmp, "images")
 	}
-	// dockerd refuses a checkpoint directory that exists: it makes it.
-	if err := os.Remove(dir); err != nil && !os.IsNotExist(err) {
+	// dockerd refuses a checkpoint directory that exists: it makes it. A
+	// direct one may hold the files of an earlier, uncommitted dump of
+	// this workload (a suspend killed after it): the region is not sealed
+	// (the plan refuses a sealed one), so they are garbage of its own.
+	if err := os.RemoveAll(dir); err != nil {
 		return nil, fmt.Errorf("docker checkpoint of %s: %w", w.ID, err)
 	}
 	policy := c.HostConfig.RestartPolicy

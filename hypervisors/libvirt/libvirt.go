@@ -33,6 +33,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -344,7 +345,10 @@ func (b *Backend) Thaw(ctx context.Context, w hypervisors.Workload) error {
 	}
 	active := false
 	if err == nil {
-		st, err := b.domState(d)
+		// A save or restore that libvirtd still runs (for a ckpt killed
+		// meanwhile, or cut short) ends in its own time: act on the state
+		// it leaves.
+		st, err := b.settledState(ctx, d)
 		if err != nil {
 			return err
 		}
@@ -377,6 +381,33 @@ func (b *Backend) Thaw(ctx context.Context, w hypervisors.Workload) error {
 	}
 	b.forget(w.ID)
 	return nil
+}
+
+// settledState is the domain's state once no save, restore or dump of
+// libvirtd's holds it paused (within two minutes).
+func (b *Backend) settledState(ctx context.Context, d golibvirt.Domain) (golibvirt.DomainState, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	for {
+		st, reason, err := b.l.DomainGetState(d, 0)
+		if err != nil {
+			if golibvirt.IsNotFound(err) {
+				return golibvirt.DomainShutoff, nil // a transient domain, gone
+			}
+			return 0, err
+		}
+		busy := golibvirt.DomainState(st) == golibvirt.DomainPaused && slices.Contains([]golibvirt.DomainPausedReason{
+			golibvirt.DomainPausedMigration, golibvirt.DomainPausedSave, golibvirt.DomainPausedDump, golibvirt.DomainPausedStartingUp,
+		}, golibvirt.DomainPausedReason(reason))
+		if !busy {
+			return golibvirt.DomainState(st), nil
+		}
+		select {
+		case <-ctx.Done():
+			return golibvirt.DomainState(st), nil
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func (b *Backend) setAutostart(name string, on bool) error {
