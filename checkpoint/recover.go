@@ -88,7 +88,8 @@ func recoverLocked(ctx context.Context, o RecoverOptions) ([]string, error) {
 		return back, err
 	}
 	if rerr == nil {
-		if err := r.Discard(); err != nil {
+		// The objects of the killed suspend, not this process's: DiscardAll.
+		if err := r.DiscardAll(); err != nil {
 			return back, fmt.Errorf("dropping the region's uncommitted objects: %w", err)
 		}
 	}

@@ -335,6 +335,18 @@ func (h *host) notCommitted() {
 	if out, _ := h.run("region", "inspect", h.region); !strings.Contains(out, "no committed checkpoint") {
 		h.t.Fatal("region committed after a failed suspend")
 	}
+	// Nor any object left behind: a rollback drops what it wrote, and
+	// recover what the killed suspend wrote.
+	var left []string
+	filepath.WalkDir(filepath.Join(h.region, "objects"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			left = append(left, p)
+		}
+		return nil
+	})
+	if len(left) > 0 {
+		h.t.Fatalf("objects left in the region after a failed suspend: %v", left)
+	}
 }
 
 // TestKilledSuspendIsRecovered: kill -9 of ckpt mid-dump leaves workloads

@@ -269,6 +269,33 @@ func (r *Region) Discard() error {
 	return r.st.discard(objs)
 }
 
+// DiscardAll drops every object of an unsealed region, those that earlier
+// processes wrote too: a suspend killed before its commit leaves its
+// objects behind, which Discard (this process's objects only) does not
+// see. It is recover's cleanup, once every workload runs again. It
+// refuses a sealed region.
+func (r *Region) DiscardAll() error {
+	if err := r.writable("discard"); err != nil {
+		return err
+	}
+	if sealed, err := r.Sealed(); err != nil {
+		return err
+	} else if sealed {
+		return fmt.Errorf("discard: %w", ErrSealed)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.writing) > 0 {
+		return fmt.Errorf("discard: %w", ErrBusy)
+	}
+	// With no manifest, a release drops exactly the objects.
+	if err := r.st.release(nil); err != nil {
+		return err
+	}
+	r.done, r.names = nil, map[string]bool{}
+	return nil
+}
+
 // Release drops the committed checkpoint: call it only after every
 // workload was restored. The manifest goes first, so an interrupted
 // release leaves no half-valid checkpoint.

@@ -436,3 +436,46 @@ func TestAdopt(t *testing.T) {
 		t.Fatalf("raw ObjectDir: %v", err)
 	}
 }
+
+// A suspend killed before its commit leaves its objects in the region;
+// the next process's Discard does not see them, DiscardAll (recover's
+// cleanup) drops them and gives the space back. A sealed region is
+// refused, with everything kept.
+func TestDiscardAllDropsAKilledWritersObjects(t *testing.T) {
+	kinds(t, 0, func(t *testing.T, path string) {
+		r := mustOpen(t, path)
+		_, free0, _ := r.Space()
+		writeObject(t, r, "w/a", bytes.Repeat([]byte("x"), 4<<20), 1<<20)
+		r.Close() // killed: no Discard
+		r2 := mustOpen(t, path)
+		if err := r2.Discard(); err != nil {
+			t.Fatal(err)
+		}
+		if r2.Kind() == KindDir {
+			if ents, _ := os.ReadDir(filepath.Join(path, objectsDir, "w")); len(ents) == 0 {
+				t.Fatalf("the killed writer's object is not there to discard: the test is wrong")
+			}
+		}
+		if err := r2.DiscardAll(); err != nil {
+			t.Fatal(err)
+		}
+		if r2.Kind() == KindDir {
+			if ents, err := os.ReadDir(filepath.Join(path, objectsDir)); err != nil || len(ents) != 0 {
+				t.Fatalf("objects left after DiscardAll: %v %v", ents, err)
+			}
+		}
+		if _, free, _ := r2.Space(); free < free0 {
+			t.Fatalf("free space %d after DiscardAll, %d before the write", free, free0)
+		}
+		writeObject(t, r2, "b", []byte("kept"), 4)
+		if err := r2.Seal(context.Background(), &Manifest{Workloads: []WorkloadRecord{{ID: "b", Objects: []string{"b"}}}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := r2.DiscardAll(); !errors.Is(err, ErrSealed) {
+			t.Fatalf("DiscardAll of a sealed region: %v, want ErrSealed", err)
+		}
+		if _, err := r2.Verify(context.Background()); err != nil {
+			t.Fatalf("after a refused DiscardAll: %v", err)
+		}
+	})
+}
