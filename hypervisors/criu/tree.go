@@ -133,6 +133,15 @@ func procStat(pid int) (stat, error) {
 }
 
 // treeRoot is the one process CRIU dumps the tree from.
+// seizeTimeout bounds CRIU's seizing of a tree's tasks, in seconds
+// (CRIU's default is 10). A task in uninterruptible sleep cannot be
+// seized until its I/O ends, and the dumps of the other workloads,
+// written to the same disk at the same time, can hold it there longer:
+// in the e2e guest a dump into a region on a virtio disk failed with
+// "Unseizable non-zombie … state D" after 10 s. Waiting costs nothing
+// when every task is seizable at once.
+const seizeTimeout = 60
+
 func (r *Runtime) treeRoot(w hypervisors.Workload) (*cgroup, []int, int, error) {
 	cg, err := r.cgroup(context.Background(), w)
 	if err != nil {
@@ -223,6 +232,7 @@ func (r *Runtime) dumpTree(ctx context.Context, w hypervisors.Workload, dst hype
 		ManageCgroups:  proto.Bool(true),
 		LogLevel:       proto.Int32(4),
 		LogFile:        proto.String("dump.log"),
+		Timeout:        proto.Uint32(seizeTimeout),
 	}
 	if err := rec.Needs.rpc(opts, dir); err != nil {
 		return nil, err
