@@ -293,14 +293,23 @@ func (b *Backend) Freeze(ctx context.Context, w hypervisors.Workload) error {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// Not cut short by ctx once begun: a "stop" already sent takes effect
+	// anyway, and an answer left unread would leave the monitor out of
+	// step for Thaw (CancelMidFreeze once left a VM stopped). Both
+	// commands answer at once.
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
 	var st struct {
 		Running bool `json:"running"`
 	}
-	if err := v.mon.Execute(ctx, "query-status", nil, &st); err != nil {
+	if err := v.mon.Execute(qctx, "query-status", nil, &st); err != nil {
 		return err
 	}
 	v.wasRunning, v.frozeHere = st.Running, true
-	return v.mon.Execute(ctx, "stop", nil, nil)
+	return v.mon.Execute(qctx, "stop", nil, nil)
 }
 
 // Thaw implements hypervisors.Backend: "cont", unless the VM was paused
