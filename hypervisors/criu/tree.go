@@ -455,7 +455,9 @@ func (r *Runtime) finishTree(ctx context.Context, w hypervisors.Workload) error 
 	for _, p := range pids {
 		syscall.Kill(p, syscall.SIGKILL)
 	}
-	if err := cg.Thaw(); err != nil {
+	// The service manager may reap the killed tasks and remove their
+	// cgroup at once: then there is nothing left to thaw (ENODEV, ENOENT).
+	if err := cg.Thaw(); err != nil && !errors.Is(err, syscall.ENODEV) && !errors.Is(err, syscall.ENOENT) && cgroupExists(treePath(w)) {
 		return err
 	}
 	// The restore needs the same pids: wait until the tree's parent (the
