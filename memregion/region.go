@@ -247,9 +247,8 @@ func fillIdentity(m *Manifest, id string) {
 	}
 }
 
-// Discard drops the objects written since Open that were not committed —
-// the rollback of a checkpoint in progress. It refuses a sealed region.
-func (r *Region) Discard() error {
+// discardable refuses a discard of a read-only or sealed region.
+func (r *Region) discardable() error {
 	if err := r.writable("discard"); err != nil {
 		return err
 	}
@@ -257,6 +256,15 @@ func (r *Region) Discard() error {
 		return err
 	} else if sealed {
 		return fmt.Errorf("discard: %w", ErrSealed)
+	}
+	return nil
+}
+
+// Discard drops the objects written since Open that were not committed —
+// the rollback of a checkpoint in progress. It refuses a sealed region.
+func (r *Region) Discard() error {
+	if err := r.discardable(); err != nil {
+		return err
 	}
 	r.mu.Lock()
 	if len(r.writing) > 0 {
@@ -275,13 +283,8 @@ func (r *Region) Discard() error {
 // see. It is recover's cleanup, once every workload runs again. It
 // refuses a sealed region.
 func (r *Region) DiscardAll() error {
-	if err := r.writable("discard"); err != nil {
+	if err := r.discardable(); err != nil {
 		return err
-	}
-	if sealed, err := r.Sealed(); err != nil {
-		return err
-	} else if sealed {
-		return fmt.Errorf("discard: %w", ErrSealed)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
