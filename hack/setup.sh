@@ -158,16 +158,22 @@ log "qemu: $(qemu-system-x86_64 --version | head -1 | awk '{print $4}') and $($Q
 if [ -c /dev/kvm ] && [ "$(stat -c %G /dev/kvm)" = root ]; then
 	chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 fi
-if [ ! -S /run/libvirt/libvirt-sock ]; then
+# A socket left by a daemon that no longer runs (a restarted container keeps
+# /run) refuses connections: ask the daemon, not the socket file.
+libvirt_answers() { virsh -c qemu:///system version --daemon >/dev/null 2>&1; }
+if ! libvirt_answers; then
 	if [ -d /run/systemd/system ]; then
 		systemctl start virtlogd.socket libvirtd.socket libvirtd.service
 	else
-		pgrep -x virtlogd >/dev/null || virtlogd -d
-		libvirtd -d
+		pgrep -x virtlogd >/dev/null || { rm -f /run/libvirt/virtlogd-sock /run/libvirt/virtlogd-admin-sock; virtlogd -d; }
+		if ! pgrep -x libvirtd >/dev/null; then
+			rm -f /run/libvirt/libvirt-sock /run/libvirt/libvirt-sock-ro /run/libvirt/libvirt-admin-sock /run/libvirtd.pid
+			libvirtd -d
+		fi
 	fi
-	for _ in $(seq 50); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.2; done
+	for _ in $(seq 150); do libvirt_answers && break; sleep 0.2; done
 fi
-virsh -c qemu:///system version --daemon >/dev/null || { echo "setup.sh: libvirtd does not answer" >&2; exit 1; }
+libvirt_answers || { echo "setup.sh: libvirtd does not answer" >&2; virsh -c qemu:///system version --daemon >&2; exit 1; }
 log "libvirt: $(virsh -c qemu:///system version --daemon | awk '/daemon/{print $NF}')"
 
 # --- dockerd, with the experimental features its checkpoint and restore
@@ -194,8 +200,8 @@ if ! docker info >/dev/null 2>&1; then
 	if [ -d /run/systemd/system ]; then
 		systemctl restart containerd.service docker.service
 	else
-		[ -S /run/containerd/containerd.sock ] || { containerd >/var/log/containerd.log 2>&1 & }
-		for _ in $(seq 50); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.2; done
+		pgrep -x containerd >/dev/null || { containerd >/var/log/containerd.log 2>&1 & }
+		for _ in $(seq 100); do ctr version >/dev/null 2>&1 && break; sleep 0.2; done
 		PATH=/usr/local/sbin:$PATH nohup dockerd --containerd /run/containerd/containerd.sock >/var/log/dockerd.log 2>&1 &
 	fi
 	for _ in $(seq 100); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
