@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/internal/freezer"
 )
 
 // ended is a workload its Dump ends (see Dump): Thaw restores it from
@@ -101,11 +102,11 @@ func (r *Runtime) revive(ctx context.Context, w hypervisors.Workload, e *ended) 
 	if err == nil {
 		// A CRIU left by a killed ckpt may still be dumping it: whether
 		// the workload lives on is known once it is done.
-		if err := waitUntraced(ctx, cg.pidList(), r.cfg.CancelGrace); err != nil {
+		if err := freezer.WaitUntraced(ctx, cg.PidList(), r.cfg.CancelGrace); err != nil {
 			return err
 		}
 	}
-	if err == nil && len(cg.pidList()) > 0 {
+	if err == nil && len(cg.PidList()) > 0 {
 		restopped := r.restop(w.ID)
 		if err := cg.ThawVerified(ctx, r.cfg.CancelGrace); err != nil {
 			return err

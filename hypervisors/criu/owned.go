@@ -2,14 +2,12 @@ package criu
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ckpt-dev/ckpt/internal/freezer"
 )
 
 // DefaultCancelGrace is how long a cancelled CRIU call (Config.CancelGrace)
@@ -78,57 +76,8 @@ func killTracers(pids func() []int) {
 		return
 	}
 	for _, p := range pids() {
-		if t := tracerOf(p); t > 0 && isCRIU(t) {
+		if t := freezer.TracerOf(p); t > 0 && freezer.IsCRIU(t) {
 			syscall.Kill(t, syscall.SIGKILL)
-		}
-	}
-}
-
-// tracerOf returns the pid tracing pid (0 if none or unknown).
-func tracerOf(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "TracerPid:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(v))
-			return n
-		}
-	}
-	return 0
-}
-
-func isCRIU(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-	return err == nil && strings.TrimSpace(string(b)) == "criu"
-}
-
-// errTraced: a task is still seized by a CRIU.
-var errTraced = errors.New("still seized by CRIU")
-
-// waitUntraced waits until no task of pids is traced by a CRIU, so that a
-// thaw cannot be undone by a CRIU ending later.
-func waitUntraced(ctx context.Context, pids []int, grace time.Duration) error {
-	deadline := time.Now().Add(grace)
-	for {
-		tracer := 0
-		for _, p := range pids {
-			if t := tracerOf(p); t > 0 && isCRIU(t) {
-				tracer = t
-				break
-			}
-		}
-		if tracer == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%w (criu pid %d) after %s", errTraced, tracer, grace)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (criu pid %d): %v", errTraced, tracer, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/internal/freezer"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -72,7 +73,7 @@ func (r *Runtime) Discover(ctx context.Context) ([]hypervisors.Workload, error) 
 		if m := managerOf(c.Bundle); m != "" {
 			w.Attrs["manager"] = m
 		}
-		if cg, err := cgroupOfPID(c.PID); err == nil {
+		if cg, err := freezer.OfPID(c.PID); err == nil {
 			w.MemoryBytes, _ = cg.MemoryBytes()
 		}
 		ws = append(ws, w)
@@ -98,11 +99,11 @@ func (r *Runtime) state(ctx context.Context, id string) (*specs.State, error) {
 	return &st, nil
 }
 
-func (r *Runtime) cgroup(ctx context.Context, w hypervisors.Workload) (*cgroup, error) {
+func (r *Runtime) cgroup(ctx context.Context, w hypervisors.Workload) (*freezer.Cgroup, error) {
 	if isTree(w) {
-		cg, err := cgroupOfPath(treePath(w))
+		cg, err := freezer.OfPath(treePath(w))
 		if err != nil {
-			if !cgroupExists(treePath(w)) {
+			if !freezer.Exists(treePath(w)) {
 				return nil, fmt.Errorf("%w: %s: %v", hypervisors.ErrNotFound, w.ID, err)
 			}
 			return nil, err
@@ -116,7 +117,7 @@ func (r *Runtime) cgroup(ctx context.Context, w hypervisors.Workload) (*cgroup, 
 	if st.Pid == 0 {
 		return nil, fmt.Errorf("%w: %s has no process", hypervisors.ErrNotFound, w.ID)
 	}
-	return cgroupOfPID(st.Pid)
+	return freezer.OfPID(st.Pid)
 }
 
 // Freeze implements hypervisors.Backend with the cgroup freezer. Tasks
@@ -127,7 +128,7 @@ func (r *Runtime) Freeze(ctx context.Context, w hypervisors.Workload) error {
 	if err != nil {
 		return err
 	}
-	stopped := stoppedOf(cg.pidList()) // a frozen stopped task shows as sleeping: look first
+	stopped := stoppedOf(cg.PidList()) // a frozen stopped task shows as sleeping: look first
 	if err := cg.Freeze(ctx); err != nil {
 		return err
 	}
@@ -155,13 +156,13 @@ func (r *Runtime) Thaw(ctx context.Context, w hypervisors.Workload) error {
 	if err != nil {
 		return err
 	}
-	if isTree(w) && len(cg.pidList()) == 0 {
+	if isTree(w) && len(cg.PidList()) == 0 {
 		return fmt.Errorf("%w: %s: its cgroup holds no process", hypervisors.ErrNotFound, w.ID)
 	}
 	if w.Attrs["status"] == "paused" {
-		return waitUntraced(ctx, cg.pidList(), r.cfg.CancelGrace)
+		return freezer.WaitUntraced(ctx, cg.PidList(), r.cfg.CancelGrace)
 	}
-	if err := waitUntraced(ctx, cg.pidList(), r.cfg.CancelGrace); err != nil {
+	if err := freezer.WaitUntraced(ctx, cg.PidList(), r.cfg.CancelGrace); err != nil {
 		return fmt.Errorf("thaw: %w", err)
 	}
 	restopped := r.restop(w.ID) // before the thaw: no user code runs in between
@@ -212,7 +213,7 @@ func (r *Runtime) Preflight(ctx context.Context, w hypervisors.Workload) error {
 		return fmt.Errorf("%w: %s is %s's container (seen through runc root %s), and suspending it behind %s's back would leave its records wrong: %s",
 			hypervisors.ErrNotCheckpointable, w.ID, m, r.cfg.RuncRoot, m, managerAdvice(m))
 	}
-	if cg, err := cgroupOfPID(st.Pid); err == nil {
+	if cg, err := freezer.OfPID(st.Pid); err == nil {
 		if pids, err := cg.Pids(); err == nil {
 			if err := cgroupFiles(w.ID, pids); err != nil {
 				return err
@@ -243,7 +244,7 @@ func cgroupFiles(id string, pids []int) error {
 		}
 		for _, fd := range fds {
 			l, err := readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
-			if err == nil && strings.HasPrefix(l, cgroupRoot+"/") {
+			if err == nil && strings.HasPrefix(l, freezer.Root+"/") {
 				return fmt.Errorf("%w: %s: fd %s of pid %d is the cgroup file %s, which CRIU cannot dump; "+
 					"a Go >= 1.25 program keeps cpu.max open unless run with GODEBUG=containermaxprocs=0",
 					hypervisors.ErrNotCheckpointable, id, fd.Name(), pid, l)

@@ -16,6 +16,7 @@ import (
 	gocriu "github.com/checkpoint-restore/go-criu/v7"
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/internal/freezer"
 	"github.com/containerd/cgroups/v3"
 	"google.golang.org/protobuf/proto"
 )
@@ -55,7 +56,7 @@ type treeRecipe struct {
 func (r *Runtime) discoverTrees() []hypervisors.Workload {
 	var ws []hypervisors.Workload
 	for _, p := range r.treePaths() {
-		cg, err := cgroupOfPath(p)
+		cg, err := freezer.OfPath(p)
 		if err != nil {
 			r.log.Debug("process tree not found", "cgroup", p, "err", err)
 			continue
@@ -78,9 +79,9 @@ func (r *Runtime) discoverTrees() []hypervisors.Workload {
 // treePaths expands the configured cgroups, which may be globs
 // ("/system.slice/app@*.service"), to the cgroups that exist now.
 func (r *Runtime) treePaths() []string {
-	base := filepath.Join(cgroupRoot, "freezer")
+	base := filepath.Join(freezer.Root, "freezer")
 	if cgroups.Mode() == cgroups.Unified {
-		base = cgroupRoot
+		base = freezer.Root
 	}
 	var paths []string
 	for _, pat := range r.cfg.ProcessTrees {
@@ -142,7 +143,7 @@ func procStat(pid int) (stat, error) {
 // when every task is seizable at once.
 const seizeTimeout = 60
 
-func (r *Runtime) treeRoot(w hypervisors.Workload) (*cgroup, []int, int, error) {
+func (r *Runtime) treeRoot(w hypervisors.Workload) (*freezer.Cgroup, []int, int, error) {
 	cg, err := r.cgroup(context.Background(), w)
 	if err != nil {
 		return nil, nil, 0, err
@@ -228,7 +229,7 @@ func (r *Runtime) dumpTree(ctx context.Context, w hypervisors.Workload, dst hype
 		LeaveRunning:   proto.Bool(!ends),
 		TcpEstablished: proto.Bool(len(conns) > 0),
 		ShellJob:       proto.Bool(rec.Shell),
-		FreezeCgroup:   proto.String(filepath.Dir(cg.freezeFile)),
+		FreezeCgroup:   proto.String(cg.Dir()),
 		ManageCgroups:  proto.Bool(true),
 		LogLevel:       proto.Int32(4),
 		LogFile:        proto.String("dump.log"),
@@ -245,7 +246,7 @@ func (r *Runtime) dumpTree(ctx context.Context, w hypervisors.Workload, dst hype
 		keep = true
 	}
 	start := time.Now()
-	if err := r.swrk(ctx, rpc.CriuReqType_DUMP, img, work, opts, nil, cg.pidList); err != nil {
+	if err := r.swrk(ctx, rpc.CriuReqType_DUMP, img, work, opts, nil, cg.PidList); err != nil {
 		if direct && !ends {
 			os.RemoveAll(img)
 		}
@@ -457,7 +458,7 @@ func (r *Runtime) finishTree(ctx context.Context, w hypervisors.Workload) error 
 	}
 	// The service manager may reap the killed tasks and remove their
 	// cgroup at once: then there is nothing left to thaw (ENODEV, ENOENT).
-	if err := cg.Thaw(); err != nil && !errors.Is(err, syscall.ENODEV) && !errors.Is(err, syscall.ENOENT) && cgroupExists(treePath(w)) {
+	if err := cg.Thaw(); err != nil && !errors.Is(err, syscall.ENODEV) && !errors.Is(err, syscall.ENOENT) && freezer.Exists(treePath(w)) {
 		return err
 	}
 	// The restore needs the same pids: wait until the tree's parent (the

@@ -22,7 +22,6 @@
 package docker
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -36,12 +35,12 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/internal/freezer"
 )
 
 // Name is the backend's registered name.
@@ -294,36 +293,14 @@ func (b *Backend) Discover(ctx context.Context) ([]hypervisors.Workload, error) 
 	return ws, nil
 }
 
-// cgroupMemory is the memory charged to pid's cgroup (v2 memory.current
-// or v1 memory.usage_in_bytes), 0 where unknown.
+// cgroupMemory is the memory charged to pid's cgroup, 0 where unknown.
 func cgroupMemory(pid int) int64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", pid))
+	cg, err := freezer.OfPID(pid)
 	if err != nil {
 		return 0
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		parts := strings.SplitN(sc.Text(), ":", 3)
-		if len(parts) != 3 {
-			continue
-		}
-		var file string
-		switch {
-		case parts[0] == "0" && parts[1] == "":
-			file = filepath.Join("/sys/fs/cgroup", parts[2], "memory.current")
-		case strings.Contains(","+parts[1]+",", ",memory,"):
-			file = filepath.Join("/sys/fs/cgroup/memory", parts[2], "memory.usage_in_bytes")
-		default:
-			continue
-		}
-		if b, err := os.ReadFile(file); err == nil {
-			if n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil {
-				return n
-			}
-		}
-	}
-	return 0
+	n, _ := cg.MemoryBytes()
+	return n
 }
 
 func (b *Backend) stateOf(name string) *ctrState {

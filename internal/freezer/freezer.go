@@ -1,4 +1,7 @@
-package criu
+// Package freezer freezes and thaws a workload's cgroup (v1 freezer or
+// v2 cgroup.freeze) and says when no CRIU still holds one of its tasks,
+// for the backends that stop containers behind their runtime's back.
+package freezer
 
 import (
 	"context"
@@ -6,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,11 +18,12 @@ import (
 	"github.com/containerd/cgroups/v3/cgroup2"
 )
 
-const cgroupRoot = "/sys/fs/cgroup"
+// Root is where the cgroup hierarchies are mounted.
+const Root = "/sys/fs/cgroup"
 
-// cgroup is a workload's cgroup on a v1 (freezer + memory controllers) or
+// Cgroup is a workload's cgroup on a v1 (freezer + memory controllers) or
 // v2 (unified) host.
-type cgroup struct {
+type Cgroup struct {
 	v1 cgroup1.Cgroup
 	v2 *cgroup2.Manager
 	// freezeFile requests the freeze; eventsFile (v2) or freezeFile (v1)
@@ -26,8 +31,8 @@ type cgroup struct {
 	freezeFile string
 }
 
-// cgroupOfPID loads the cgroup that holds pid.
-func cgroupOfPID(pid int) (*cgroup, error) {
+// OfPID loads the cgroup that holds pid.
+func OfPID(pid int) (*Cgroup, error) {
 	if cgroups.Mode() == cgroups.Unified {
 		g, err := cgroup2.PidGroupPath(pid)
 		if err != nil {
@@ -43,50 +48,50 @@ func cgroupOfPID(pid int) (*cgroup, error) {
 	return cgroupV1(path, fp)
 }
 
-// cgroupOfPath loads a cgroup given as a path below the hierarchy roots,
+// OfPath loads a cgroup given as a path below the hierarchy roots,
 // e.g. "/system.slice/foo.service".
-func cgroupOfPath(p string) (*cgroup, error) {
+func OfPath(p string) (*Cgroup, error) {
 	if cgroups.Mode() == cgroups.Unified {
 		return cgroupV2(p)
 	}
 	return cgroupV1(cgroup1.StaticPath(p), p)
 }
 
-// cgroupExists says whether the cgroup at path (below the hierarchy
+// Exists says whether the cgroup at path (below the hierarchy
 // roots) still exists; false only when it is surely gone.
-func cgroupExists(p string) bool {
-	dir := filepath.Join(cgroupRoot, p)
+func Exists(p string) bool {
+	dir := filepath.Join(Root, p)
 	if cgroups.Mode() != cgroups.Unified {
-		dir = filepath.Join(cgroupRoot, "freezer", p)
+		dir = filepath.Join(Root, "freezer", p)
 	}
 	_, err := os.Stat(dir)
 	return !errors.Is(err, os.ErrNotExist)
 }
 
-func cgroupV1(path cgroup1.Path, freezerPath string) (*cgroup, error) {
+func cgroupV1(path cgroup1.Path, freezerPath string) (*Cgroup, error) {
 	hier := func() ([]cgroup1.Subsystem, error) {
-		return []cgroup1.Subsystem{cgroup1.NewFreezer(cgroupRoot), cgroup1.NewMemory(cgroupRoot)}, nil
+		return []cgroup1.Subsystem{cgroup1.NewFreezer(Root), cgroup1.NewMemory(Root)}, nil
 	}
 	cg, err := cgroup1.Load(path, cgroup1.WithHierarchy(hier))
 	if err != nil {
 		return nil, fmt.Errorf("load cgroup %s: %w", freezerPath, err)
 	}
-	return &cgroup{v1: cg, freezeFile: filepath.Join(cgroupRoot, "freezer", freezerPath, "freezer.state")}, nil
+	return &Cgroup{v1: cg, freezeFile: filepath.Join(Root, "freezer", freezerPath, "freezer.state")}, nil
 }
 
-func cgroupV2(group string) (*cgroup, error) {
+func cgroupV2(group string) (*Cgroup, error) {
 	m, err := cgroup2.Load(group)
 	if err != nil {
 		return nil, fmt.Errorf("load cgroup %s: %w", group, err)
 	}
-	return &cgroup{v2: m, freezeFile: filepath.Join(cgroupRoot, group, "cgroup.freeze")}, nil
+	return &Cgroup{v2: m, freezeFile: filepath.Join(Root, group, "cgroup.freeze")}, nil
 }
 
 // Freeze requests the freeze and waits for it until ctx is done; then it
 // thaws and returns ctx's error. (cgroups/v3's own Freeze loops without a
 // timeout and rewrites the state while it waits, so a Thaw cannot cancel
 // it; we request once and poll.)
-func (c *cgroup) Freeze(ctx context.Context) error {
+func (c *Cgroup) Freeze(ctx context.Context) error {
 	req := "FROZEN"
 	if c.v2 != nil {
 		req = "1"
@@ -119,11 +124,11 @@ func (c *cgroup) Freeze(ctx context.Context) error {
 // ThawVerified thaws and returns only once the cgroup is thawed for good:
 // no CRIU holds one of its tasks (a CRIU ending later would write back
 // the freezer state it found) and the freezer reports it thawed.
-func (c *cgroup) ThawVerified(ctx context.Context, grace time.Duration) error {
+func (c *Cgroup) ThawVerified(ctx context.Context, grace time.Duration) error {
 	if err := c.Thaw(); err != nil {
 		return err
 	}
-	if err := waitUntraced(ctx, c.pidList(), grace); err != nil {
+	if err := WaitUntraced(ctx, c.PidList(), grace); err != nil {
 		return fmt.Errorf("thaw: %w", err)
 	}
 	if err := c.Thaw(); err != nil { // again: a CRIU that just ended may have refrozen it
@@ -140,7 +145,7 @@ func (c *cgroup) ThawVerified(ctx context.Context, grace time.Duration) error {
 }
 
 // Thaw resumes the cgroup's tasks.
-func (c *cgroup) Thaw() error {
+func (c *Cgroup) Thaw() error {
 	if c.v2 != nil {
 		return c.v2.Thaw()
 	}
@@ -148,7 +153,7 @@ func (c *cgroup) Thaw() error {
 }
 
 // Frozen reports whether every task is frozen.
-func (c *cgroup) Frozen() (bool, error) {
+func (c *Cgroup) Frozen() (bool, error) {
 	if c.v2 != nil {
 		b, err := os.ReadFile(filepath.Join(filepath.Dir(c.freezeFile), "cgroup.events"))
 		if err != nil {
@@ -159,8 +164,12 @@ func (c *cgroup) Frozen() (bool, error) {
 	return c.v1.State() == cgroup1.Frozen, nil
 }
 
+// Dir is the cgroup's directory in the freezer hierarchy (what CRIU's
+// --freeze-cgroup takes).
+func (c *Cgroup) Dir() string { return filepath.Dir(c.freezeFile) }
+
 // MemoryBytes is the cgroup's current memory use.
-func (c *cgroup) MemoryBytes() (int64, error) {
+func (c *Cgroup) MemoryBytes() (int64, error) {
 	if c.v2 != nil {
 		st, err := c.v2.Stat()
 		if err != nil {
@@ -175,14 +184,14 @@ func (c *cgroup) MemoryBytes() (int64, error) {
 	return int64(st.GetMemory().GetUsage().GetUsage()), nil
 }
 
-// pidList is Pids without the error (nil then).
-func (c *cgroup) pidList() []int {
+// PidList is Pids without the error (nil then).
+func (c *Cgroup) PidList() []int {
 	pids, _ := c.Pids()
 	return pids
 }
 
 // Pids lists the processes in the cgroup and its children.
-func (c *cgroup) Pids() ([]int, error) {
+func (c *Cgroup) Pids() ([]int, error) {
 	var pids []int
 	if c.v2 != nil {
 		ps, err := c.v2.Procs(true)
@@ -202,4 +211,54 @@ func (c *cgroup) Pids() ([]int, error) {
 		pids = append(pids, p.Pid)
 	}
 	return pids, nil
+}
+
+// TracerOf returns the pid tracing pid (0 if none or unknown).
+func TracerOf(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "TracerPid:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
+}
+
+// IsCRIU says whether pid runs criu.
+func IsCRIU(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return err == nil && strings.TrimSpace(string(b)) == "criu"
+}
+
+// ErrTraced: a task is still seized by a CRIU.
+var ErrTraced = errors.New("still seized by CRIU")
+
+// WaitUntraced waits until no task of pids is traced by a CRIU, so that a
+// thaw cannot be undone by a CRIU ending later.
+func WaitUntraced(ctx context.Context, pids []int, grace time.Duration) error {
+	deadline := time.Now().Add(grace)
+	for {
+		tracer := 0
+		for _, p := range pids {
+			if t := TracerOf(p); t > 0 && IsCRIU(t) {
+				tracer = t
+				break
+			}
+		}
+		if tracer == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w (criu pid %d) after %s", ErrTraced, tracer, grace)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (criu pid %d): %v", ErrTraced, tracer, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
