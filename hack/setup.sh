@@ -76,6 +76,18 @@ if [ ${#missing[@]} -gt 0 ]; then
 	log "installing ${missing[*]}"
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# podman after runc, in a call of its own and without recommends: its
+# "crun | runc" dependency is then met by runc. Debian 12's crun has no
+# CRIU, so podman could not checkpoint through it. catatonit is a pod's
+# infra process.
+missing=()
+for p in podman catatonit; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	log "installing ${missing[*]}"
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 if dpkg-query -W -f='${Status}' criu 2>/dev/null | grep -q 'install ok installed'; then
 	log "removing Debian 12's criu 3.17 (fails on kernels >= 6.13)"
 	apt-get remove -y -qq criu >/dev/null
@@ -175,6 +187,36 @@ if ! libvirt_answers; then
 fi
 libvirt_answers || { echo "setup.sh: libvirtd does not answer" >&2; virsh -c qemu:///system version --daemon >&2; exit 1; }
 log "libvirt: $(virsh -c qemu:///system version --daemon | awk '/daemon/{print $NF}')"
+
+# --- podman: its containers run under runc, and within this host's limits.
+# podman raises a container's RLIMIT_NOFILE and RLIMIT_NPROC to its own
+# defaults, above the hard limits of a host that is itself a container
+# (this CI's): runc then fails with "error setting rlimit type 7". Only
+# there, a drop-in sets the defaults to what the host allows.
+PODMAN_LIMITS=/etc/containers/containers.conf.d/50-ckpt-host-limits.conf
+podman_runs() { # [show]: print podman's error
+	local d rc
+	d=$(mktemp -d)
+	mkdir "$d/bin" && cp /bin/busybox "$d/bin/"
+	if [ "${1:-}" = show ]; then
+		podman run --rm --network none --rootfs "$d" /bin/busybox true >/dev/null
+	else
+		podman run --rm --network none --rootfs "$d" /bin/busybox true >/dev/null 2>&1
+	fi
+	rc=$?
+	rm -rf "$d"
+	return $rc
+}
+if [ ! -f "$PODMAN_LIMITS" ] && ! podman_runs; then
+	mkdir -p "$(dirname "$PODMAN_LIMITS")"
+	printf '# Written by ckpt hack/setup.sh: podman'"'"'s default rlimits exceed this host'"'"'s hard limits.\n[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=4096:4096"]\n' \
+		"$(ulimit -Hn)" "$(ulimit -Hn)" >"$PODMAN_LIMITS"
+	log "podman: default rlimits lowered to this host's limits ($PODMAN_LIMITS)"
+fi
+podman_runs show || { echo "setup.sh: podman cannot run a container" >&2; exit 1; }
+[ "$(podman info --format '{{.Host.OCIRuntime.Name}}')" = runc ] ||
+	{ echo "setup.sh: podman does not use runc (crun cannot checkpoint on Debian 12): set runtime = \"runc\" in /etc/containers/containers.conf" >&2; exit 1; }
+log "podman: $(podman version --format '{{.Client.Version}}') with runc"
 
 # --- dockerd, with the experimental features its checkpoint and restore
 # need (the docker backend's tests). An existing daemon.json is left alone

@@ -26,6 +26,7 @@ import (
 	_ "github.com/ckpt-dev/ckpt/hypervisors/criu"
 	_ "github.com/ckpt-dev/ckpt/hypervisors/docker"
 	_ "github.com/ckpt-dev/ckpt/hypervisors/libvirt"
+	_ "github.com/ckpt-dev/ckpt/hypervisors/podman"
 	_ "github.com/ckpt-dev/ckpt/hypervisors/qemu"
 )
 

@@ -32,6 +32,12 @@ func managerOf(bundle string) string {
 	return ""
 }
 
+// hasBackend says whether ckpt suspends the containers of manager through
+// a backend of its own, through the manager: podman's share runc's
+// default root with bare runc containers, and only the podman backend may
+// list them.
+func hasBackend(manager string) bool { return manager == "podman" || manager == "docker" }
+
 // managerAdvice says what the operator can do about a container of
 // manager.
 func managerAdvice(manager string) string {
@@ -40,6 +46,8 @@ func managerAdvice(manager string) string {
 		return "kubelet would recreate its pod: drain the node as usual (kubectl drain)"
 	case "docker":
 		return "Docker's containers are suspended by the docker backend, through dockerd (point --runc-root elsewhere)"
+	case "podman":
+		return "podman's containers are suspended by the podman backend, through podman"
 	default:
 		return "ckpt has no " + manager + " backend yet; stop it before the update and start it after, or leave it out with --only"
 	}

@@ -70,7 +70,9 @@ func (r *Runtime) Discover(ctx context.Context) ([]hypervisors.Workload, error) 
 		}
 		w := hypervisors.Workload{ID: c.ID, Kind: "container", Backend: Name, PID: c.PID,
 			Attrs: map[string]string{"runtime": "runc", "bundle": c.Bundle, "root": r.cfg.RuncRoot, "status": c.Status}}
-		if m := managerOf(c.Bundle); m != "" {
+		if m := managerOf(c.Bundle); hasBackend(m) {
+			continue // its manager's backend lists it (one claim per workload)
+		} else if m != "" {
 			w.Attrs["manager"] = m
 		}
 		if cg, err := freezer.OfPID(c.PID); err == nil {

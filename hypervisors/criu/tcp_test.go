@@ -1,14 +1,11 @@
 package criu_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -19,41 +16,6 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/workloads"
 	"github.com/ckpt-dev/ckpt/memregion"
 )
-
-// conversation is one TCP connection to testload kept open throughout.
-type conversation struct {
-	conn net.Conn
-	r    *bufio.Reader
-}
-
-func converse(t *testing.T, addr string) *conversation {
-	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &conversation{conn: conn, r: bufio.NewReader(conn)}
-}
-
-func (c *conversation) send(t *testing.T, line string) {
-	t.Helper()
-	c.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := fmt.Fprintln(c.conn, line); err != nil {
-		t.Fatalf("send %q: %v", line, err)
-	}
-}
-
-// expect reads one answer; TCP retransmits whatever was sent while the
-// container was down, so the answer may take a few seconds.
-func (c *conversation) expect(t *testing.T, want string) {
-	t.Helper()
-	c.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
-	got, err := c.r.ReadString('\n')
-	if err != nil || strings.TrimSpace(got) != want {
-		t.Fatalf("on the established connection: got %q, %v; want %q", got, err, want)
-	}
-}
 
 // TestEstablishedTCPConnectionSurvives keeps a connection from outside the
 // container open across a suspend and resume, and across a rollback after
@@ -89,9 +51,9 @@ func TestEstablishedTCPConnectionSurvives(t *testing.T) {
 				w.ID = c.ID
 			}
 			p := &probe{c: c, logDir: logs, tree: tc.tree}
-			conv := converse(t, c.Addr)
-			conv.send(t, "echo before")
-			conv.expect(t, "before")
+			conv := workloads.Converse(t, c.Addr)
+			conv.Send(t, "echo before")
+			conv.Expect(t, "before")
 			if err := b.Freeze(ctx, w); err != nil {
 				t.Fatal(err)
 			}
@@ -109,7 +71,7 @@ func TestEstablishedTCPConnectionSurvives(t *testing.T) {
 			if json.Unmarshal(raw, &rec); !rec.TCP {
 				t.Fatalf("recipe %s: the dump did not keep the established connection", raw)
 			}
-			conv.send(t, "echo while-down") // retransmitted until the restore
+			conv.Send(t, "echo while-down") // retransmitted until the restore
 			if tc.resume {
 				m := &memregion.Manifest{Workloads: []memregion.WorkloadRecord{{ID: w.ID, Backend: criuName, Restore: raw}}}
 				for _, o := range r.Objects() {
@@ -138,9 +100,9 @@ func TestEstablishedTCPConnectionSurvives(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			conv.expect(t, "while-down")
-			conv.send(t, "echo after")
-			conv.expect(t, "after")
+			conv.Expect(t, "while-down")
+			conv.Send(t, "echo after")
+			conv.Expect(t, "after")
 			if n := conformance.Advancing(t, p, frozenAt); n < frozenAt {
 				t.Fatalf("counter restarted")
 			}
