@@ -30,6 +30,7 @@ type host struct {
 	guests                         []*workloads.Guest
 	domains                        []string // libvirt's, also in guests
 	dockers                        []*workloads.DockerContainer
+	podmans                        []*workloads.PodmanContainer // a pod's members too
 }
 
 func newHost(t *testing.T) *host {
@@ -73,6 +74,22 @@ func (h *host) docker(runOpts ...string) *workloads.DockerContainer {
 	return c
 }
 
+// podman runs a podman container (on the host's network) with more
+// podman run options.
+func (h *host) podman(runOpts ...string) *workloads.PodmanContainer {
+	c := workloads.StartPodmanContainer(h.t, 64, runOpts...)
+	h.podmans = append(h.podmans, c)
+	return c
+}
+
+// pod creates a podman pod (with its own network namespace) running n
+// containers, and returns its name.
+func (h *host) pod(n int) string {
+	pod, cs := workloads.StartPodmanPod(h.t, 32, n)
+	h.podmans = append(h.podmans, cs...)
+	return pod
+}
+
 func (h *host) vm() *workloads.Guest {
 	g := workloads.StartGuest(h.t, requireTool(h.t, "qemu-system-x86_64"), h.qmpDir, 384)
 	h.guests = append(h.guests, g)
@@ -101,12 +118,14 @@ func (h *host) stdout(args ...string) (string, error) {
 }
 
 // command is ckpt with args, scoped to this test's region, runc root,
-// QMP directory, libvirt domains, Docker containers, journal and resume
+// QMP directory, libvirt domains, Docker and podman containers and pods,
+// journal and resume
 // state: the host's own workloads are never touched.
 func (h *host) command(args ...string) *exec.Cmd {
 	if len(args) > 0 && args[0] != "region" {
 		args = append(args, "--region", h.region, "--runc-root", h.runcRoot, "--qmp-dir", h.qmpDir,
-			"--libvirt-domain", workloads.DomainGlob(), "--docker-container", workloads.DockerGlob(), "--journal", h.journal, "--resume-state", h.state)
+			"--libvirt-domain", workloads.DomainGlob(), "--docker-container", workloads.DockerGlob(),
+			"--podman-container", workloads.PodmanGlob(), "--podman-pod", workloads.PodmanGlob(), "--journal", h.journal, "--resume-state", h.state)
 	}
 	return exec.Command(h.ckpt, args...)
 }
@@ -163,6 +182,20 @@ func (h *host) running(since map[string]int64) {
 			t.Fatalf("docker exec %s: %s %v", c.Name, out, err)
 		}
 	}
+	for _, c := range h.podmans {
+		for c.Ticks(t) <= since[c.Name] && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if n := c.Ticks(t); n <= since[c.Name] {
+			t.Fatalf("podman container %s does not run (counter %d)", c.Name, n)
+		}
+		if st := c.Inspect(t, "{{.State.Status}}"); st != "running" {
+			t.Fatalf("podman container %s: %q, want running", c.Name, st)
+		}
+		if out, err := workloads.Podman(t, "exec", c.Name, "/bin/sh", "-c", "echo exec ok"); err != nil {
+			t.Fatalf("podman exec %s: %s %v", c.Name, out, err)
+		}
+	}
 	for _, g := range h.guests {
 		for g.Ticks() <= since[g.ID] && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
@@ -205,14 +238,18 @@ func (h *host) counters() map[string]int64 {
 	for _, c := range h.dockers {
 		m[c.Name] = c.Ticks(h.t)
 	}
+	for _, c := range h.podmans {
+		m[c.Name] = c.Ticks(h.t)
+	}
 	return m
 }
 
 // TestSuspendAllResumeAll: ckpt suspend-all of two runc containers, a
-// QEMU VM, a libvirt domain (autostart on) and a Docker container (restart
-// policy unless-stopped) into a directory region, then ckpt resume-all;
-// everything runs on where it stopped, and libvirt and Docker list theirs
-// running with autostart and restart policy back.
+// QEMU VM, a libvirt domain (autostart on), a Docker container (restart
+// policy unless-stopped), a podman container (restart policy always) and
+// a podman pod of two containers into a directory region, then ckpt
+// resume-all; everything runs on where it stopped, and libvirt, Docker
+// and podman list theirs running with autostart and restart policy back.
 func TestSuspendAllResumeAll(t *testing.T) {
 	h := newHost(t)
 	h.container(workloads.Checkpointable)
@@ -220,13 +257,26 @@ func TestSuspendAllResumeAll(t *testing.T) {
 	h.vm()
 	dom := h.domain()
 	dc := h.docker("--restart", "unless-stopped")
+	pc := h.podman("--restart", "always")
+	pod := h.pod(2)
 	out, err := h.run("plan", "--no-kexec")
-	if err != nil || !strings.Contains(out, "5 workloads") || !strings.Contains(out, "libvirt/"+dom.ID) || !strings.Contains(out, "docker/"+dc.Name) {
+	if err != nil || !strings.Contains(out, "7 workloads") || !strings.Contains(out, "libvirt/"+dom.ID) || !strings.Contains(out, "docker/"+dc.Name) ||
+		!strings.Contains(out, "podman/"+pc.Name) || !strings.Contains(out, "podman/pod:"+pod) {
 		t.Fatalf("plan: %v", err)
 	}
+	// podman's containers are the podman backend's alone, though they
+	// sit in runc's default root.
+	if strings.Contains(out, "criu/"+pc.Name) {
+		t.Fatalf("plan lists podman's container %s as a bare runc container too", pc.Name)
+	}
 	before := h.counters()
-	if out, err := h.run("suspend-all", "--no-kexec"); err != nil || !strings.Contains(out, "committed 5 workloads") {
+	if out, err := h.run("suspend-all", "--no-kexec"); err != nil || !strings.Contains(out, "committed 7 workloads") {
 		t.Fatalf("suspend-all: %v", err)
+	}
+	for _, c := range h.podmans {
+		if st := c.Inspect(t, "{{.State.Status}}"); st != "exited" {
+			t.Fatalf("podman container %s after suspend-all: %q, want exited (checkpointed)", c.Name, st)
+		}
 	}
 	if out, _ := exec.Command("runc", "--root", h.runcRoot, "list", "-q").Output(); strings.TrimSpace(string(out)) != "" {
 		t.Fatalf("containers still listed after suspend-all: %s", out)
@@ -248,7 +298,7 @@ func TestSuspendAllResumeAll(t *testing.T) {
 		Restored []any `json:"restored"`
 		Released bool  `json:"released"`
 	}
-	if err := lastJSON(out, &res); err != nil || len(res.Restored) != 5 || !res.Released {
+	if err := lastJSON(out, &res); err != nil || len(res.Restored) != 7 || !res.Released {
 		t.Fatalf("resume-all result: %+v, %v", res, err)
 	}
 	h.running(before)
@@ -257,6 +307,9 @@ func TestSuspendAllResumeAll(t *testing.T) {
 	}
 	if st := dc.Inspect(t, "{{.State.Status}} {{.HostConfig.RestartPolicy.Name}}"); st != "running unless-stopped" {
 		t.Fatalf("docker container after resume-all: %q, want running with its restart policy back", st)
+	}
+	if st, _ := workloads.Podman(t, "pod", "inspect", "--format", "{{.State}}", pod); st != "Running" {
+		t.Fatalf("podman pod %s after resume-all: %q, want Running", pod, st)
 	}
 	// Nothing is restored twice: the region is released, a second
 	// resume-all finds nothing to do and touches nothing.

@@ -264,7 +264,7 @@ type psEntry struct {
 // outside pods, its pods with a running container, and the containers of
 // rootless users (which preflight refuses).
 func (b *Backend) Discover(ctx context.Context) ([]hypervisors.Workload, error) {
-	out, err := b.podman(ctx, "ps", "--format", "json")
+	out, err := b.podman(ctx, "ps", "--pod", "--format", "json") // --pod fills PodName
 	if err != nil {
 		return nil, fmt.Errorf("listing podman containers: %w", err)
 	}
