@@ -553,6 +553,33 @@ func (b *Backend) Thaw(ctx context.Context, w hypervisors.Workload) error {
 	ctx, cancel := detached(ctx)
 	defer cancel()
 	s := b.stateOf(w.ID)
+	if len(s.frozen) == 0 && len(s.ended) == 0 {
+		// Another process froze or checkpointed it (a resume on the
+		// suspend's own boot): thaw what is still there, frozen; a
+		// workload whose containers all ended is not found, to be
+		// restored.
+		cs, err := b.members(ctx, w)
+		if err != nil {
+			b.forget(w.ID)
+			return err
+		}
+		running := 0
+		for _, c := range cs {
+			if c.State.Status != "running" {
+				continue
+			}
+			running++
+			if cg, err := freezer.OfPID(c.State.Pid); err == nil {
+				if frozen, _ := cg.Frozen(); frozen {
+					s.frozen[c.ID] = cg
+				}
+			}
+		}
+		if running == 0 {
+			b.forget(w.ID)
+			return fmt.Errorf("%w: podman %s runs no container, and this process checkpointed none of it", hypervisors.ErrNotFound, w.ID)
+		}
+	}
 	var errs []error
 	for id, cg := range s.frozen {
 		if slices.ContainsFunc(s.ended, func(m member) bool { return m.ID == id }) {
