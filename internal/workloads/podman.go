@@ -3,13 +3,9 @@ package workloads
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/ckpt-dev/ckpt/internal/testenv"
 )
@@ -26,17 +22,8 @@ func RequirePodman(t testing.TB) {
 // Podman runs the podman CLI.
 func Podman(t testing.TB, args ...string) (string, error) {
 	t.Helper()
-	out, err := exec.Command("podman", args...).CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("podman %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out)), nil
+	return cliRun(t, "podman", args...)
 }
-
-var (
-	podmanImageOnce sync.Once
-	podmanImageErr  error
-)
 
 // PodmanImage is an image (imported, as no registry is reachable)
 // holding busybox and testload.
@@ -49,7 +36,8 @@ func PodmanGlob() string { return fmt.Sprintf("ckpt-pm-%d-*", os.Getpid()) }
 // PodmanContainer is a container run by podman. Addr is testload's
 // address when it shares the host's network, else "".
 type PodmanContainer struct {
-	Name, Addr string
+	cliContainer
+	Addr string
 }
 
 // PodmanName is a fresh name that PodmanGlob matches.
@@ -63,20 +51,8 @@ func PodmanName() string { return fmt.Sprintf("ckpt-pm-%d-%d", os.Getpid(), Seq.
 func StartPodmanContainer(t testing.TB, memMiB int, runOpts ...string) *PodmanContainer {
 	t.Helper()
 	RequirePodman(t)
-	podmanImageOnce.Do(func() {
-		if _, err := Podman(t, "image", "exists", PodmanImage); err == nil {
-			return
-		}
-		dir := Bundle(t, nil, "/bin/testload")
-		cmd := exec.Command("sh", "-c", "tar -C "+filepath.Join(dir, "rootfs")+" -c . | podman import - "+PodmanImage)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			podmanImageErr = fmt.Errorf("podman import: %v: %s", err, out)
-		}
-	})
-	if podmanImageErr != nil {
-		t.Fatal(podmanImageErr)
-	}
-	c := &PodmanContainer{Name: PodmanName()}
+	importImage(t, "podman", PodmanImage)
+	c := &PodmanContainer{cliContainer: cliContainer{cli: "podman", Name: PodmanName()}}
 	args := []string{"run", "-d", "--name", c.Name, "-e", "GODEBUG=multipathtcp=0,containermaxprocs=0"}
 	listen := "127.0.0.1:0"
 	if !hasOpt(runOpts, "--pod") && !hasOpt(runOpts, "--network") {
@@ -86,20 +62,8 @@ func StartPodmanContainer(t testing.TB, memMiB int, runOpts ...string) *PodmanCo
 	}
 	args = append(append(args, runOpts...), PodmanImage, "/bin/testload", "-mem", strconv.Itoa(memMiB),
 		"-listen", listen, "-tick", "100ms", "-sum-every", "1s")
-	if out, err := Podman(t, args...); err != nil {
-		t.Fatal(out, err)
-	}
-	t.Cleanup(func() { Podman(t, "rm", "-f", "-t", "0", c.Name) })
-	deadline := time.Now().Add(StartTimeout)
-	for time.Now().Before(deadline) {
-		if c.Ticks(t) > 0 {
-			return c
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	logs, _ := Podman(t, "logs", c.Name)
-	t.Fatalf("podman container %s does not tick: %s", c.Name, TailLines(logs, 10))
-	return nil
+	c.run(t, args...)
+	return c
 }
 
 func hasOpt(opts []string, name string) bool {
@@ -127,27 +91,4 @@ func StartPodmanPod(t testing.TB, memMiB, n int) (string, []*PodmanContainer) {
 		cs = append(cs, StartPodmanContainer(t, memMiB, "--pod", pod))
 	}
 	return pod, cs
-}
-
-// Logs is the container's output (podman logs).
-func (c *PodmanContainer) Logs(t testing.TB) string {
-	out, _ := exec.Command("podman", "logs", c.Name).CombinedOutput()
-	return string(out)
-}
-
-// Ticks is the container's last counter value in its logs.
-func (c *PodmanContainer) Ticks(t testing.TB) int64 {
-	var n int64
-	for _, l := range strings.Split(c.Logs(t), "\n") {
-		if v, ok := ParseTick(l); ok && v > n {
-			n = v
-		}
-	}
-	return n
-}
-
-// Inspect is podman inspect -f format.
-func (c *PodmanContainer) Inspect(t testing.TB, format string) string {
-	out, _ := Podman(t, "container", "inspect", "-f", format, c.Name)
-	return out
 }
