@@ -20,7 +20,12 @@ go vet ./...
 echo "== unit tests (-race)"
 go test -race -count=1 $(go list ./... | grep -v -E '/integration|/hypervisors/')
 echo "== backend tests against real runc containers, CRIU and QEMU VMs (-race)"
-go test -race -count=1 -v -timeout 30m ./hypervisors/...
+# libvirt's alone: while CRIU restores (criu's, podman's and Docker's tests
+# run two packages at once), its cgroup yard is mounted in the host's mount
+# namespace, and libvirtd then takes it for the cgroup hierarchy and fails
+# to start a domain ("Unable to read from …/.criu.cgyard.*/unified/…").
+go test -race -count=1 -v -timeout 30m $(go list ./hypervisors/... | grep -v /hypervisors/libvirt)
+go test -race -count=1 -v -timeout 30m ./hypervisors/libvirt
 echo "== integration tests (real CRIU, runc, QEMU, kexec in a QEMU guest)"
 go test -count=1 -v -timeout 60m ./integration/...
 echo "== benchmarks (one iteration each, smoke)"
