@@ -72,7 +72,10 @@ func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec r
 	}
 	cmd := exec.Command(r.cfg.Runc, append(args, rec.ID)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr, cmd.Env = nil, logf, logf, env
-	if err := runOwned(ctx, cmd, r.cfg.CancelGrace, nil); err != nil {
+	restoring := hypervisors.CRIURestoring()
+	err = runOwned(ctx, cmd, r.cfg.CancelGrace, nil)
+	restoring()
+	if err != nil {
 		return newCRIUError("restore", w.ID, filepath.Join(work, "restore.log"), err)
 	}
 	return lockConnections(ctx, rec.Locks, false)

@@ -343,7 +343,10 @@ func (r *Runtime) restoreTreeFrom(ctx context.Context, w hypervisors.Workload, r
 		}
 	}
 	var pid notifyPID
-	if err := r.swrk(ctx, rpc.CriuReqType_RESTORE, img, work, opts, &pid, nil); err != nil {
+	restoring := hypervisors.CRIURestoring()
+	err = r.swrk(ctx, rpc.CriuReqType_RESTORE, img, work, opts, &pid, nil)
+	restoring()
+	if err != nil {
 		return criuErr("restore", w.ID, work, "restore.log", err)
 	}
 	r.log.Debug("restored process tree", "workload", w.ID, "pid", int(pid.pid))

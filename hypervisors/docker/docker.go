@@ -555,7 +555,9 @@ func (b *Backend) checkpointDir(id string) string {
 // drops the checkpoint.
 func (b *Backend) start(ctx context.Context, c *container, paused bool) error {
 	name := strings.TrimPrefix(c.Name, "/")
+	restoring := hypervisors.CRIURestoring()
 	err := b.call(ctx, "POST", "/containers/"+url.PathEscape(c.ID)+"/start?checkpoint="+checkpointName, nil, nil)
+	restoring()
 	if err != nil {
 		return fmt.Errorf("docker start --checkpoint of %s: %w", name, err)
 	}

@@ -670,7 +670,10 @@ func (b *Backend) restoreFile(ctx context.Context, name, file string, paused boo
 		flags = golibvirt.DomainSavePaused
 	}
 	done := make(chan error, 1)
-	go func() { done <- b.l.DomainRestoreFlags(file, nil, uint32(flags)) }()
+	go func() {
+		defer hypervisors.DomainStarting()()
+		done <- b.l.DomainRestoreFlags(file, nil, uint32(flags))
+	}()
 	select {
 	case err := <-done:
 		if err != nil {

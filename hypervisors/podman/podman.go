@@ -750,7 +750,10 @@ func (b *Backend) restoreMembers(ctx context.Context, ms []member, load func(m m
 				return fmt.Errorf("podman container %s: %w", m.Name, err)
 			}
 		}
-		if _, err := b.podman(ctx, "container", "restore", "--tcp-established", "--file-locks", m.ID); err != nil {
+		restoring := hypervisors.CRIURestoring()
+		_, err = b.podman(ctx, "container", "restore", "--tcp-established", "--file-locks", m.ID)
+		restoring()
+		if err != nil {
 			return fmt.Errorf("podman restore of %s: %w", m.Name, err)
 		}
 		if m.Infra {
