@@ -286,21 +286,11 @@ func (b *Backend) Discover(ctx context.Context) ([]hypervisors.Workload, error) 
 			continue // gone meanwhile
 		}
 		ws = append(ws, hypervisors.Workload{
-			ID: name, Kind: KindContainer, Backend: Name, PID: c.State.Pid, MemoryBytes: cgroupMemory(c.State.Pid),
+			ID: name, Kind: KindContainer, Backend: Name, PID: c.State.Pid, MemoryBytes: freezer.MemoryOfPID(c.State.Pid),
 			Attrs: map[string]string{"id": c.ID, "manager": "docker", "restart": c.HostConfig.RestartPolicy.Name},
 		})
 	}
 	return ws, nil
-}
-
-// cgroupMemory is the memory charged to pid's cgroup, 0 where unknown.
-func cgroupMemory(pid int) int64 {
-	cg, err := freezer.OfPID(pid)
-	if err != nil {
-		return 0
-	}
-	n, _ := cg.MemoryBytes()
-	return n
 }
 
 func (b *Backend) stateOf(name string) *ctrState {

@@ -283,7 +283,7 @@ func (b *Backend) Discover(ctx context.Context) ([]hypervisors.Workload, error) 
 		if p.Pod == "" {
 			if all || wanted(b.cfg.Containers, name) {
 				ws = append(ws, hypervisors.Workload{ID: name, Kind: KindContainer, Backend: Name, PID: p.Pid,
-					MemoryBytes: cgroupMemory(p.Pid), Attrs: map[string]string{"id": p.ID, "manager": "podman"}})
+					MemoryBytes: freezer.MemoryOfPID(p.Pid), Attrs: map[string]string{"id": p.ID, "manager": "podman"}})
 			}
 			continue
 		}
@@ -297,7 +297,7 @@ func (b *Backend) Discover(ctx context.Context) ([]hypervisors.Workload, error) 
 			w = &ws[len(ws)-1]
 			pods[p.Pod] = w
 		}
-		w.MemoryBytes += cgroupMemory(p.Pid)
+		w.MemoryBytes += freezer.MemoryOfPID(p.Pid)
 		if p.IsInfra {
 			w.PID = p.Pid
 		}
@@ -315,16 +315,6 @@ func (b *Backend) Discover(ctx context.Context) ([]hypervisors.Workload, error) 
 		}
 	}
 	return ws, nil
-}
-
-// cgroupMemory is the memory charged to pid's cgroup, 0 where unknown.
-func cgroupMemory(pid int) int64 {
-	cg, err := freezer.OfPID(pid)
-	if err != nil {
-		return 0
-	}
-	n, _ := cg.MemoryBytes()
-	return n
 }
 
 // rootless finds the containers of rootless podman: each runs under a

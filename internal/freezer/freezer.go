@@ -168,6 +168,16 @@ func (c *Cgroup) Frozen() (bool, error) {
 // --freeze-cgroup takes).
 func (c *Cgroup) Dir() string { return filepath.Dir(c.freezeFile) }
 
+// MemoryOfPID is the memory charged to pid's cgroup, 0 where unknown.
+func MemoryOfPID(pid int) int64 {
+	cg, err := OfPID(pid)
+	if err != nil {
+		return 0
+	}
+	n, _ := cg.MemoryBytes()
+	return n
+}
+
 // MemoryBytes is the cgroup's current memory use.
 func (c *Cgroup) MemoryBytes() (int64, error) {
 	if c.v2 != nil {
