@@ -3,6 +3,7 @@ package criu_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -171,17 +172,36 @@ func childPid(t *testing.T, c *workloads.Container) int {
 		t.Fatalf("child: %q", ans)
 	}
 	n, _ := strconv.Atoi(f[1])
-	return hostPid(t, n)
+	return hostPid(t, c, n)
 }
 
-// hostPid maps a pid of a container's namespace to the host's, through
-// NSpid in /proc (identity when no task has it as an inner pid).
-func hostPid(t *testing.T, inner int) int {
+// hostPid maps a pid of c's pid namespace to the host's, through NSpid in
+// /proc (identity when no task has it as an inner pid). Only c's
+// namespace counts: the containers of tests running in parallel have
+// children of the same inner pid, which CRIU may be dumping (traced).
+func hostPid(t *testing.T, c *workloads.Container, inner int) int {
 	t.Helper()
+	var st struct {
+		Pid int `json:"init_process_pid"`
+	}
+	raw, err := os.ReadFile(filepath.Join(c.Root, c.ID, "state.json"))
+	if err == nil {
+		err = json.Unmarshal(raw, &st)
+	}
+	if err != nil {
+		t.Fatalf("runc state of %s: %v", c.ID, err)
+	}
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", st.Pid))
+	if err != nil {
+		t.Fatalf("pid namespace of %s: %v", c.ID, err)
+	}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
+			continue
+		}
+		if l, _ := os.Readlink(filepath.Join("/proc", e.Name(), "ns", "pid")); l != ns {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
