@@ -46,6 +46,57 @@ func StoreDir(ctx context.Context, dir, prefix string, dst ObjectSink) ([]string
 	return names, total, nil
 }
 
+// FilesDir is where a tool that writes files (CRIU's images) puts the
+// objects named prefix*: straight into the region where dst keeps objects
+// as files (direct), else staging, to be stored with StoreDir.
+func FilesDir(dst ObjectSink, prefix, staging string) (dir string, direct bool) {
+	if ds, ok := dst.(DirectSink); ok {
+		if d, err := ds.Dir(strings.TrimSuffix(prefix, "/")); err == nil {
+			return d, true
+		}
+	}
+	return staging, false
+}
+
+// AdoptDir turns the regular files written in dir, a FilesDir that was
+// direct, into the objects prefix+<name>, and returns their names and
+// bytes.
+func AdoptDir(ctx context.Context, dir, prefix string, dst DirectSink) ([]string, int64, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, 0, err
+	}
+	var names []string
+	var total int64
+	for _, e := range ents {
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, 0, err
+		}
+		if err := dst.Adopt(prefix + e.Name()); err != nil {
+			return nil, 0, err
+		}
+		names = append(names, prefix+e.Name())
+		total += info.Size()
+	}
+	return names, total, nil
+}
+
+// FilesFrom is the directory holding the objects src's names list under
+// prefix, as files: in place where src is a DirectSource, else loaded
+// into staging.
+func FilesFrom(src ObjectSource, names []string, prefix, staging string) (string, error) {
+	if ds, ok := src.(DirectSource); ok {
+		if d, err := ds.Dir(strings.TrimSuffix(prefix, "/")); err == nil {
+			return d, nil
+		}
+	}
+	return staging, LoadDir(src, names, prefix, staging)
+}
+
 // StoreFile copies the file src into dst as the object name.
 func StoreFile(src, name string, size int64, dst ObjectSink) (int64, error) {
 	f, err := os.Open(src)

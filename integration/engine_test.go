@@ -29,8 +29,16 @@ type host struct {
 	containers                     []*workloads.Container
 	guests                         []*workloads.Guest
 	domains                        []string // libvirt's, also in guests
-	dockers                        []*workloads.DockerContainer
 	podmans                        []*workloads.PodmanContainer // a pod's members too
+	managed                        []managed                    // Docker's, podman's and containerd's
+}
+
+// managed is a container run by a manager (Docker, podman, containerd):
+// its counter is in its logs, and its manager's CLI checks it runs.
+type managed interface {
+	Label() string
+	Ticks(testing.TB) int64
+	Managed(testing.TB) error
 }
 
 func newHost(t *testing.T) *host {
@@ -70,7 +78,7 @@ func (h *host) domain() *workloads.Guest {
 // docker runs a Docker container with more docker run options.
 func (h *host) docker(runOpts ...string) *workloads.DockerContainer {
 	c := workloads.StartDockerContainer(h.t, 64, runOpts...)
-	h.dockers = append(h.dockers, c)
+	h.managed = append(h.managed, c)
 	return c
 }
 
@@ -79,6 +87,7 @@ func (h *host) docker(runOpts ...string) *workloads.DockerContainer {
 func (h *host) podman(runOpts ...string) *workloads.PodmanContainer {
 	c := workloads.StartPodmanContainer(h.t, 64, runOpts...)
 	h.podmans = append(h.podmans, c)
+	h.managed = append(h.managed, c)
 	return c
 }
 
@@ -87,7 +96,18 @@ func (h *host) podman(runOpts ...string) *workloads.PodmanContainer {
 func (h *host) pod(n int) string {
 	pod, cs := workloads.StartPodmanPod(h.t, 32, n)
 	h.podmans = append(h.podmans, cs...)
+	for _, c := range cs {
+		h.managed = append(h.managed, c)
+	}
 	return pod
+}
+
+// containerd runs a containerd container (ctr run, on the host's
+// network).
+func (h *host) containerd() *workloads.ContainerdContainer {
+	c := workloads.StartContainerdContainer(h.t, 64)
+	h.managed = append(h.managed, c)
+	return c
 }
 
 func (h *host) vm() *workloads.Guest {
@@ -125,7 +145,8 @@ func (h *host) command(args ...string) *exec.Cmd {
 	if len(args) > 0 && args[0] != "region" {
 		args = append(args, "--region", h.region, "--runc-root", h.runcRoot, "--qmp-dir", h.qmpDir,
 			"--libvirt-domain", workloads.DomainGlob(), "--docker-container", workloads.DockerGlob(),
-			"--podman-container", workloads.PodmanGlob(), "--podman-pod", workloads.PodmanGlob(), "--journal", h.journal, "--resume-state", h.state)
+			"--podman-container", workloads.PodmanGlob(), "--podman-pod", workloads.PodmanGlob(),
+			"--containerd-container", workloads.ContainerdGlob(), "--journal", h.journal, "--resume-state", h.state)
 	}
 	return exec.Command(h.ckpt, args...)
 }
@@ -168,32 +189,16 @@ func (h *host) running(since map[string]int64) {
 			t.Fatalf("runc kill %s: %v %s", c.ID, err, out)
 		}
 	}
-	for _, c := range h.dockers {
-		for c.Ticks(t) <= since[c.Name] && time.Now().Before(deadline) {
+	for i, c := range h.managed {
+		key := fmt.Sprint("managed-", i)
+		for c.Ticks(t) <= since[key] && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
 		}
-		if n := c.Ticks(t); n <= since[c.Name] {
-			t.Fatalf("docker container %s does not run (counter %d)", c.Name, n)
+		if n := c.Ticks(t); n <= since[key] {
+			t.Fatalf("%s does not run (counter %d)", c.Label(), n)
 		}
-		if st := c.Inspect(t, "{{.State.Status}}"); st != "running" {
-			t.Fatalf("docker container %s: %q, want running", c.Name, st)
-		}
-		if out, err := workloads.Docker(t, "exec", c.Name, "/bin/sh", "-c", "echo exec ok"); err != nil {
-			t.Fatalf("docker exec %s: %s %v", c.Name, out, err)
-		}
-	}
-	for _, c := range h.podmans {
-		for c.Ticks(t) <= since[c.Name] && time.Now().Before(deadline) {
-			time.Sleep(100 * time.Millisecond)
-		}
-		if n := c.Ticks(t); n <= since[c.Name] {
-			t.Fatalf("podman container %s does not run (counter %d)", c.Name, n)
-		}
-		if st := c.Inspect(t, "{{.State.Status}}"); st != "running" {
-			t.Fatalf("podman container %s: %q, want running", c.Name, st)
-		}
-		if out, err := workloads.Podman(t, "exec", c.Name, "/bin/sh", "-c", "echo exec ok"); err != nil {
-			t.Fatalf("podman exec %s: %s %v", c.Name, out, err)
+		if err := c.Managed(t); err != nil {
+			t.Fatal(err)
 		}
 	}
 	for _, g := range h.guests {
@@ -235,21 +240,19 @@ func (h *host) counters() map[string]int64 {
 	for _, g := range h.guests {
 		m[g.ID] = g.Ticks()
 	}
-	for _, c := range h.dockers {
-		m[c.Name] = c.Ticks(h.t)
-	}
-	for _, c := range h.podmans {
-		m[c.Name] = c.Ticks(h.t)
+	for i, c := range h.managed {
+		m[fmt.Sprint("managed-", i)] = c.Ticks(h.t)
 	}
 	return m
 }
 
 // TestSuspendAllResumeAll: ckpt suspend-all of two runc containers, a
 // QEMU VM, a libvirt domain (autostart on), a Docker container (restart
-// policy unless-stopped), a podman container (restart policy always) and
-// a podman pod of two containers into a directory region, then ckpt
-// resume-all; everything runs on where it stopped, and libvirt, Docker
-// and podman list theirs running with autostart and restart policy back.
+// policy unless-stopped), a podman container (restart policy always), a
+// podman pod of two containers and a containerd container (ctr run) into
+// a directory region, then ckpt resume-all; everything runs on where it
+// stopped, and libvirt, Docker, podman and containerd list theirs running
+// with autostart and restart policy back.
 func TestSuspendAllResumeAll(t *testing.T) {
 	h := newHost(t)
 	h.container(workloads.Checkpointable)
@@ -259,8 +262,9 @@ func TestSuspendAllResumeAll(t *testing.T) {
 	dc := h.docker("--restart", "unless-stopped")
 	pc := h.podman("--restart", "always")
 	pod := h.pod(2)
+	cd := h.containerd()
 	out, err := h.run("plan", "--no-kexec")
-	if err != nil || !strings.Contains(out, "7 workloads") || !strings.Contains(out, "libvirt/"+dom.ID) || !strings.Contains(out, "docker/"+dc.Name) ||
+	if err != nil || !strings.Contains(out, "8 workloads") || !strings.Contains(out, "containerd/"+cd.Workload()) || !strings.Contains(out, "libvirt/"+dom.ID) || !strings.Contains(out, "docker/"+dc.Name) ||
 		!strings.Contains(out, "podman/"+pc.Name) || !strings.Contains(out, "podman/pod:"+pod) {
 		t.Fatalf("plan: %v", err)
 	}
@@ -270,13 +274,16 @@ func TestSuspendAllResumeAll(t *testing.T) {
 		t.Fatalf("plan lists podman's container %s as a bare runc container too", pc.Name)
 	}
 	before := h.counters()
-	if out, err := h.run("suspend-all", "--no-kexec"); err != nil || !strings.Contains(out, "committed 7 workloads") {
+	if out, err := h.run("suspend-all", "--no-kexec"); err != nil || !strings.Contains(out, "committed 8 workloads") {
 		t.Fatalf("suspend-all: %v", err)
 	}
 	for _, c := range h.podmans {
 		if st := c.Inspect(t, "{{.State.Status}}"); st != "exited" {
 			t.Fatalf("podman container %s after suspend-all: %q, want exited (checkpointed)", c.Name, st)
 		}
+	}
+	if st := cd.TaskStatus(t); st != "" {
+		t.Fatalf("containerd task after suspend-all: %q, want none (checkpointed and deleted)", st)
 	}
 	if out, _ := exec.Command("runc", "--root", h.runcRoot, "list", "-q").Output(); strings.TrimSpace(string(out)) != "" {
 		t.Fatalf("containers still listed after suspend-all: %s", out)
@@ -298,7 +305,7 @@ func TestSuspendAllResumeAll(t *testing.T) {
 		Restored []any `json:"restored"`
 		Released bool  `json:"released"`
 	}
-	if err := lastJSON(out, &res); err != nil || len(res.Restored) != 7 || !res.Released {
+	if err := lastJSON(out, &res); err != nil || len(res.Restored) != 8 || !res.Released {
 		t.Fatalf("resume-all result: %+v, %v", res, err)
 	}
 	h.running(before)

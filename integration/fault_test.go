@@ -29,7 +29,8 @@ var suspendPoints = []string{
 // TestKilledAnywhereIsRecovered: ckpt suspend-all is killed with SIGKILL
 // at each of suspendPoints, with three containers (one holding an
 // established TCP connection, so that its dump ends it), a VM, a libvirt
-// domain, a Docker container and a podman pod (whose dumps end them too). After
+// domain, a Docker container, a podman pod and a containerd container
+// (whose dumps end them too). After
 // each, ckpt recover brings every workload back on this boot: all run,
 // none is frozen, the connection still talks, nothing is committed and
 // no journal is left. Then a whole suspend-all and resume-all work, and a
@@ -47,6 +48,8 @@ func TestKilledAnywhereIsRecovered(t *testing.T) {
 	h.docker("--restart", "always")
 	// A podman pod: its checkpoints end its containers one by one.
 	h.pod(1)
+	// A containerd container: its checkpoint ends and deletes its task.
+	h.containerd()
 	conn := dialLine(t, talker.Addr)
 	for _, point := range suspendPoints {
 		t.Run(point, func(t *testing.T) {
@@ -77,8 +80,8 @@ func TestKilledAnywhereIsRecovered(t *testing.T) {
 		t.Fatalf("resume-all with restore:one: %v (want SIGKILL)\n%s", err, out)
 	}
 	out, err = h.run("resume-all")
-	if err != nil || !strings.Contains(out, "already resumed 1") || !strings.Contains(out, "resumed 6") {
-		t.Fatalf("second resume-all = %v; want the 6 others restored and the first skipped", err)
+	if err != nil || !strings.Contains(out, "already resumed 1") || !strings.Contains(out, "resumed 7") {
+		t.Fatalf("second resume-all = %v; want the 7 others restored and the first skipped", err)
 	}
 	h.running(before)
 	conn.talk(t, "resume-all")

@@ -23,6 +23,7 @@ import (
 	"github.com/spf13/pflag"
 
 	// The backends register themselves.
+	_ "github.com/ckpt-dev/ckpt/hypervisors/containerd"
 	_ "github.com/ckpt-dev/ckpt/hypervisors/criu"
 	_ "github.com/ckpt-dev/ckpt/hypervisors/docker"
 	_ "github.com/ckpt-dev/ckpt/hypervisors/libvirt"

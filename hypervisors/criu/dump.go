@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/stats"
@@ -191,45 +190,13 @@ func (r *Runtime) tasks(ctx context.Context, w hypervisors.Workload) func() []in
 	}
 }
 
-// imageDir is where CRIU writes the images of objects named prefix*:
-// straight into the region where it keeps objects as files (direct), else
-// staging.
-func imageDir(dst hypervisors.ObjectSink, prefix, staging string) (dir string, direct bool) {
-	if ds, ok := dst.(hypervisors.DirectSink); ok {
-		if d, err := ds.Dir(strings.TrimSuffix(prefix, "/")); err == nil {
-			return d, true
-		}
-	}
-	return staging, false
+func imageDir(dst hypervisors.ObjectSink, prefix, staging string) (string, bool) {
+	return hypervisors.FilesDir(dst, prefix, staging)
 }
 
 // adoptDir turns the image files CRIU wrote into the region into objects.
 func adoptDir(ctx context.Context, dir string, dst hypervisors.DirectSink) ([]string, int64, error) {
-	return adoptDirAs(ctx, dir, imagePrefix, dst)
-}
-
-func adoptDirAs(ctx context.Context, dir, prefix string, dst hypervisors.DirectSink) ([]string, int64, error) {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, 0, err
-	}
-	var names []string
-	var total int64
-	for _, e := range ents {
-		info, err := e.Info()
-		if err != nil || !info.Mode().IsRegular() {
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, 0, err
-		}
-		if err := dst.Adopt(prefix + e.Name()); err != nil {
-			return nil, 0, err
-		}
-		names = append(names, prefix+e.Name())
-		total += info.Size()
-	}
-	return names, total, nil
+	return hypervisors.AdoptDir(ctx, dir, imagePrefix, dst)
 }
 
 func dumpStats(img string) *DumpStats {

@@ -35,8 +35,14 @@ func managerOf(bundle string) string {
 // hasBackend says whether ckpt suspends the containers of manager through
 // a backend of its own, through the manager: podman's share runc's
 // default root with bare runc containers, and only the podman backend may
-// list them.
-func hasBackend(manager string) bool { return manager == "podman" || manager == "docker" }
+// list them. kubelet's are the containerd backend's, which refuses them.
+func hasBackend(manager string) bool {
+	switch manager {
+	case "podman", "docker", "containerd", "kubelet (containerd's k8s.io)":
+		return true
+	}
+	return false
+}
 
 // managerAdvice says what the operator can do about a container of
 // manager.
@@ -48,6 +54,8 @@ func managerAdvice(manager string) string {
 		return "Docker's containers are suspended by the docker backend, through dockerd (point --runc-root elsewhere)"
 	case "podman":
 		return "podman's containers are suspended by the podman backend, through podman"
+	case "containerd":
+		return "containerd's containers are suspended by the containerd backend, through containerd"
 	default:
 		return "ckpt has no " + manager + " backend yet; stop it before the update and start it after, or leave it out with --only"
 	}

@@ -23,7 +23,7 @@ func TestManagerOf(t *testing.T) {
 			t.Errorf("managerOf(%s) = %q; want %q", bundle, got, want)
 		}
 	}
-	if !strings.Contains(managerAdvice("kubelet (containerd's k8s.io)"), "drain") || !strings.Contains(managerAdvice("containerd"), "--only") || !hasBackend("podman") || hasBackend("containerd") {
+	if !strings.Contains(managerAdvice("kubelet (containerd's k8s.io)"), "drain") || !hasBackend("podman") || !hasBackend("containerd") || !hasBackend("kubelet (containerd's k8s.io)") || hasBackend("") {
 		t.Fatal("advice")
 	}
 }

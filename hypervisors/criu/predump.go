@@ -84,7 +84,7 @@ func (r *Runtime) PreDump(ctx context.Context, w hypervisors.Workload, dst hyper
 	pd := &predump{dir: img}
 	if direct {
 		os.RemoveAll(dir)
-		pd.names, _, err = adoptDirAs(ctx, img, predumpPrefix, dst.(hypervisors.DirectSink))
+		pd.names, _, err = hypervisors.AdoptDir(ctx, img, predumpPrefix, dst.(hypervisors.DirectSink))
 	} else {
 		pd.staging = dir
 		pd.names, _, err = hypervisors.StoreDir(ctx, img, predumpPrefix, dst)

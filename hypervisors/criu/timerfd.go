@@ -74,7 +74,7 @@ var timerfdImages = []timerfdImage{
 // for a retry. On failure it logs and returns img, and the restore goes
 // on as it would without the workaround.
 func (r *Runtime) rearmTimerfds(w hypervisors.Workload, img, work string) string {
-	dir, n, err := rearmTimerfdImages(img, filepath.Join(work, "images-rearmed"))
+	dir, n, err := RearmTimerfdImages(img, filepath.Join(work, "images-rearmed"))
 	if err != nil {
 		r.log.Warn("periodic timerfds in the images may come back disarmed", "workload", w.ID, "err", err)
 		return img
@@ -85,10 +85,11 @@ func (r *Runtime) rearmTimerfds(w hypervisors.Workload, img, work string) string
 	return dir
 }
 
-// rearmTimerfdImages rewrites the timerfd entries of the images in img
+// RearmTimerfdImages rewrites (for any CRIU restore of the images, runc's
+// through containerd too) the timerfd entries of the images in img
 // that CRIU would restore disarmed into an overlay directory, and returns
 // that directory and how many it rewrote, or img and 0 if none needs it.
-func rearmTimerfdImages(img, overlay string) (string, int, error) {
+func RearmTimerfdImages(img, overlay string) (string, int, error) {
 	fixed := map[string][]byte{}
 	total := 0
 	for _, ti := range timerfdImages {

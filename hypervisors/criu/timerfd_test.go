@@ -118,9 +118,9 @@ func TestRearmTimerfdImages(t *testing.T) {
 	orig, _ := os.ReadFile(filepath.Join(img, "files.img"))
 	overlay := filepath.Join(t.TempDir(), "overlay")
 
-	dir, n, err := rearmTimerfdImages(img, overlay)
+	dir, n, err := RearmTimerfdImages(img, overlay)
 	if err != nil || dir != overlay || n != 2 {
-		t.Fatalf("rearmTimerfdImages = %q, %d, %v; want the overlay and 2 timerfds", dir, n, err)
+		t.Fatalf("RearmTimerfdImages = %q, %d, %v; want the overlay and 2 timerfds", dir, n, err)
 	}
 	got := readTimerfds(t, filepath.Join(overlay, "files.img"))
 	want := map[uint32][2]uint64{1: {0, uint64(tfdPeriod)}, 2: {0, uint64(5 * time.Millisecond)}, 3: {0, 0}, 4: {0, 0}, 5: {2, uint64(time.Millisecond)}}
@@ -155,7 +155,7 @@ func TestRearmTimerfdImages(t *testing.T) {
 	// Nothing to re-arm: the images are used as they are, no overlay.
 	img2, overlay2 := t.TempDir(), filepath.Join(t.TempDir(), "overlay")
 	writeFilesImg(t, img2, tfdEntry(1, 0, 5*time.Millisecond, tfdPeriod))
-	if dir, n, err := rearmTimerfdImages(img2, overlay2); dir != img2 || n != 0 || err != nil {
+	if dir, n, err := RearmTimerfdImages(img2, overlay2); dir != img2 || n != 0 || err != nil {
 		t.Errorf("running timer: %q, %d, %v; want the images as they are", dir, n, err)
 	}
 	if _, err := os.Stat(overlay2); err == nil {
@@ -165,7 +165,7 @@ func TestRearmTimerfdImages(t *testing.T) {
 	// A damaged image is refused before crit allocates what it claims.
 	img3 := t.TempDir()
 	os.WriteFile(filepath.Join(img3, "files.img"), append(orig[:8:8], 0xff, 0xff, 0xff, 0x7f, 1, 2), 0o600)
-	if dir, _, err := rearmTimerfdImages(img3, filepath.Join(t.TempDir(), "o")); err == nil || dir != img3 {
+	if dir, _, err := RearmTimerfdImages(img3, filepath.Join(t.TempDir(), "o")); err == nil || dir != img3 {
 		t.Errorf("damaged files.img: %q, %v; want an error and the images as they are", dir, err)
 	}
 }

@@ -2,6 +2,7 @@ package workloads
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -10,15 +11,20 @@ import (
 	"time"
 )
 
-// cliContainer is a container a manager's CLI (docker, podman) runs; its
-// counter and checksums are in the CLI's logs.
+// cliContainer is a container a manager's CLI (docker, podman, ctr) runs;
+// its counter and checksums are in the CLI's logs, or in logFile.
 type cliContainer struct {
-	cli  string
-	Name string
+	cli     string
+	Name    string
+	logFile string // where its stdout goes, for a CLI without logs (ctr)
 }
 
-// Logs is the container's output (docker/podman logs).
+// Logs is the container's output (docker/podman logs, or its log file).
 func (c *cliContainer) Logs(t testing.TB) string {
+	if c.logFile != "" {
+		out, _ := os.ReadFile(c.logFile)
+		return string(out)
+	}
 	out, _ := exec.Command(c.cli, "logs", c.Name).CombinedOutput()
 	return string(out)
 }
@@ -38,6 +44,22 @@ func (c *cliContainer) Ticks(t testing.TB) int64 {
 func (c *cliContainer) Inspect(t testing.TB, format string) string {
 	out, _ := cliRun(t, c.cli, "container", "inspect", "-f", format, c.Name)
 	return out
+}
+
+// Label names the container and its manager, for messages.
+func (c *cliContainer) Label() string { return c.cli + " container " + c.Name }
+
+// Managed fails unless the container's manager lists it running and runs
+// a command in it (docker/podman inspect and exec).
+func (c *cliContainer) Managed(t testing.TB) error {
+	t.Helper()
+	if st := c.Inspect(t, "{{.State.Status}}"); st != "running" {
+		return fmt.Errorf("%s container %s: %q, want running", c.cli, c.Name, st)
+	}
+	if out, err := cliRun(t, c.cli, "exec", c.Name, "/bin/sh", "-c", "echo exec ok"); err != nil || !strings.Contains(out, "exec ok") {
+		return fmt.Errorf("%s exec %s: %q %v", c.cli, c.Name, out, err)
+	}
+	return nil
 }
 
 // cliRun runs a manager's CLI.
@@ -90,6 +112,12 @@ func (c *cliContainer) run(t testing.TB, args ...string) {
 		rm = []string{"rm", "-f", "-t", "0", c.Name} // podman's -f waits 10 s for a stop
 	}
 	t.Cleanup(func() { cliRun(t, c.cli, rm...) })
+	c.waitTicking(t)
+}
+
+// waitTicking waits until the container's counter runs.
+func (c *cliContainer) waitTicking(t testing.TB) {
+	t.Helper()
 	deadline := time.Now().Add(StartTimeout)
 	for time.Now().Before(deadline) {
 		if c.Ticks(t) > 0 {
