@@ -28,7 +28,7 @@ type host struct {
 	journal, state, lock, criuLogs string
 	containers                     []*workloads.Container
 	guests                         []*workloads.Guest
-	domains                        []string // libvirt's, also in guests
+	domains                        []string                     // libvirt's, also in guests
 	podmans                        []*workloads.PodmanContainer // a pod's members too
 	managed                        []managed                    // Docker's, podman's and containerd's
 }
