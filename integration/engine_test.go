@@ -348,8 +348,10 @@ func lastJSON(out string, v any) error {
 }
 
 // TestFailedDumpKeepsEverythingRunning: one container CRIU cannot dump
-// (an MPTCP listener) fails suspend-all in the dump phase; every workload,
-// the VM included, runs on, and nothing is committed.
+// (an MPTCP listener) fails suspend-all in the dump phase; every workload
+// of every manager (a bare runc container, a QEMU VM, a libvirt domain,
+// Docker's, podman's and containerd's containers) runs on, each managed
+// by its manager, and nothing is committed.
 func TestFailedDumpKeepsEverythingRunning(t *testing.T) {
 	h := newHost(t)
 	// Go's default MPTCP listener (cpu.max stays closed, so that the plan
@@ -357,6 +359,10 @@ func TestFailedDumpKeepsEverythingRunning(t *testing.T) {
 	bad := h.container([]string{"GODEBUG=containermaxprocs=0"})
 	h.container(workloads.Checkpointable)
 	h.vm()
+	h.domain()
+	h.docker()
+	h.podman()
+	h.containerd()
 	before := h.counters()
 	out, err := h.run("suspend-all", "--no-kexec")
 	if err == nil || !strings.Contains(out, "dump of criu/"+bad.ID) || !strings.Contains(out, "rolled back") {
