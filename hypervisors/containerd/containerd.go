@@ -858,7 +858,11 @@ func (b *Backend) Revive(ctx context.Context, w hypervisors.Workload, raw json.R
 		return err
 	}
 	if err == nil && t.Status != task.Status_STOPPED && t.Status != task.Status_CREATED {
-		return b.Thaw(ctx, w)
+		if err := b.Thaw(ctx, w); err != nil {
+			return err
+		}
+		b.removeStaging(&r) // what the killed dump staged
+		return nil
 	}
 	if _, serr := os.Stat(filepath.Join(r.Images, "inventory.img")); serr != nil {
 		return fmt.Errorf("containerd task %s ended, and its checkpoint is not at %s: %w", w.ID, r.Images, serr)
