@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
+	"github.com/ckpt-dev/ckpt/fleetlock"
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/journal"
 	"github.com/ckpt-dev/ckpt/memregion"
@@ -44,6 +45,12 @@ type Options struct {
 	Journal string
 	// Attributes are recorded in the manifest (target kernel, …).
 	Attributes map[string]string
+	// FleetLock, when set, is where the host takes a reboot slot before
+	// anything is frozen (waiting while the group's slots are taken). A
+	// suspend that rolls back gives it back; a committed one keeps it
+	// until every workload has resumed (restore.ResumeAll). It is
+	// recorded next to the journal (fleetlock.Record) meanwhile.
+	FleetLock *fleetlock.Config
 	// Kexec is the kernel the caller will kexec into after the suspend
 	// (nil: none, the caller reboots or soft-reboots); the plan checks it.
 	Kexec *kexec.Image

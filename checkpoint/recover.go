@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/ckpt-dev/ckpt/fleetlock"
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/journal"
 	"github.com/ckpt-dev/ckpt/memregion"
@@ -93,7 +94,14 @@ func recoverLocked(ctx context.Context, o RecoverOptions) ([]string, error) {
 			return back, fmt.Errorf("dropping the region's uncommitted objects: %w", err)
 		}
 	}
-	return back, j.Remove()
+	if err := j.Remove(); err != nil {
+		return back, err
+	}
+	// The killed suspend's reboot slot: nothing is suspended any more.
+	if err := fleetlock.Give(ctx, fleetlock.Record(o.Journal)); err != nil {
+		o.Logger.Warn("the reboot slot is still held", "err", err)
+	}
+	return back, nil
 }
 
 // resumeCommitted brings back, on the boot that made it, every workload

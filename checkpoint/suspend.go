@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ckpt-dev/ckpt/fleetlock"
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/journal"
 	"github.com/ckpt-dev/ckpt/memregion"
@@ -62,6 +63,22 @@ func Suspend(ctx context.Context, p *Plan) (*Result, error) {
 	}
 	defer r.Close()
 	journal.Failpoint("plan")
+	if opts.FleetLock != nil && !opts.DryRun {
+		giveBack, err := takeSlot(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		committed := false
+		defer func() { giveBack(committed) }()
+		res, err := suspend(ctx, p, r)
+		committed = res != nil
+		return res, err
+	}
+	return suspend(ctx, p, r)
+}
+
+// suspend runs the phases of Suspend from the journal on.
+func suspend(ctx context.Context, p *Plan, r *memregion.Region) (*Result, error) {
 	s := newSuspendRun(p, r)
 	if err := s.saveJournal(); err != nil {
 		return nil, &PhaseError{Phase: "journal", Err: err}
@@ -72,13 +89,39 @@ func Suspend(ctx context.Context, p *Plan) (*Result, error) {
 			return nil, err
 		}
 	}
-	if opts.DryRun {
+	if p.Options.DryRun {
 		return s.endDryRun(ctx)
 	}
 	if err := s.seal(ctx); err != nil {
 		return nil, err
 	}
 	return s.res, s.finishAll(ctx)
+}
+
+// takeSlot takes the fleet lock's slot and returns what gives it back
+// unless the suspend committed: only when its rollback left no journal
+// (nothing frozen); otherwise ckpt recover gives it back.
+func takeSlot(ctx context.Context, opts Options) (giveBack func(committed bool), err error) {
+	record := fleetlock.Record(opts.Journal)
+	opts.emit(Event{Phase: "fleet-lock"})
+	opts.Logger.Info("taking a reboot slot", "lock", opts.FleetLock.URL, "group", opts.FleetLock.WithDefaults().Group)
+	if err := fleetlock.Take(ctx, *opts.FleetLock, record); err != nil {
+		return nil, &PhaseError{Phase: "fleet lock", Err: fmt.Errorf("%w; nothing was frozen", err)}
+	}
+	journal.Failpoint("fleet-lock")
+	return func(committed bool) {
+		if committed {
+			return
+		}
+		if j, _ := journal.Read(opts.Journal); j != nil {
+			return
+		}
+		gctx, cancel := detached(ctx, time.Minute)
+		defer cancel()
+		if err := fleetlock.Give(gctx, record); err != nil {
+			opts.Logger.Warn("the reboot slot is still held", "record", record, "err", err)
+		}
+	}, nil
 }
 
 // suspendRun is one Suspend under way; its phases are the methods below.

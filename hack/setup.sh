@@ -88,6 +88,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 	log "installing ${missing[*]}"
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# etcd for the fleet lock's tests, which run their own etcd on free ports:
+# the package's service is not left running where setup installed it.
+if ! dpkg-query -W -f='${Status}' etcd-server 2>/dev/null | grep -q 'install ok installed'; then
+	log "installing etcd-server"
+	apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
+	if [ -d /run/systemd/system ]; then
+		systemctl disable --now etcd.service >/dev/null 2>&1 || true
+	fi
+fi
 if dpkg-query -W -f='${Status}' criu 2>/dev/null | grep -q 'install ok installed'; then
 	log "removing Debian 12's criu 3.17 (fails on kernels >= 6.13)"
 	apt-get remove -y -qq criu >/dev/null

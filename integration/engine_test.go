@@ -25,7 +25,8 @@ import (
 type host struct {
 	t                              *testing.T
 	ckpt, runcRoot, qmpDir, region string
-	journal, state, lock, criuLogs string
+	journal, state, criuLogs       string
+	lock                           string // its own ckpt lock (CKPT_LOCK), when it simulates a host of a fleet
 	containers                     []*workloads.Container
 	guests                         []*workloads.Guest
 	domains                        []string                     // libvirt's, also in guests
@@ -148,7 +149,12 @@ func (h *host) command(args ...string) *exec.Cmd {
 			"--podman-container", workloads.PodmanGlob(), "--podman-pod", workloads.PodmanGlob(),
 			"--containerd-container", workloads.ContainerdGlob(), "--journal", h.journal, "--resume-state", h.state)
 	}
-	return exec.Command(h.ckpt, args...)
+	cmd := exec.Command(h.ckpt, args...)
+	if h.lock != "" {
+		// A simulated host of its own (the fleet lock's tests).
+		cmd.Env = append(os.Environ(), "CKPT_LOCK="+h.lock)
+	}
+	return cmd
 }
 
 // ticks is a container's counter: its stdout pipe before a suspend, its

@@ -101,7 +101,10 @@ func killed(err error) bool {
 func (h *host) runEnv(env []string, args ...string) (string, error) {
 	h.t.Helper()
 	cmd := h.command(args...)
-	cmd.Env = append(os.Environ(), env...)
+	if cmd.Env == nil {
+		cmd.Env = os.Environ()
+	}
+	cmd.Env = append(cmd.Env, env...)
 	out, err := cmd.CombinedOutput()
 	h.t.Logf("ckpt %s (%s):\n%s", args[0], strings.Join(env, " "), out)
 	return string(out), err

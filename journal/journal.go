@@ -95,8 +95,14 @@ func BootID() string {
 	return string(b)
 }
 
-// LockPath serialises ckpt runs.
-var LockPath = "/run/lock/ckpt.lock"
+// LockPath serialises ckpt runs; CKPT_LOCK overrides it, for separate ckpt
+// instances on one machine (the fleet lock's simulated hosts).
+var LockPath = func() string {
+	if p := os.Getenv("CKPT_LOCK"); p != "" {
+		return p
+	}
+	return "/run/lock/ckpt.lock"
+}()
 
 // Lock takes the host-wide ckpt lock, or says who holds it.
 func Lock() (unlock func(), err error) {

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ckpt-dev/ckpt/fleetlock"
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/internal/atomicfile"
 	"github.com/ckpt-dev/ckpt/journal"
@@ -60,7 +61,9 @@ type Result struct {
 	Failed   []WorkloadResult `json:"failed,omitempty"`
 	Skipped  []string         `json:"already_restored,omitempty"`
 	Released bool             `json:"released"`
-	Seconds  float64          `json:"seconds"`
+	// SlotGiven says the fleet lock's reboot slot was given back.
+	SlotGiven bool    `json:"slot_given,omitempty"`
+	Seconds   float64 `json:"seconds"`
 }
 
 // WorkloadResult is one workload's restore.
@@ -358,6 +361,7 @@ func (run *resumeRun) release() error {
 			return nil // others are still to come (Only)
 		}
 	}
+	run.giveSlot()
 	if len(run.bad) > 0 {
 		return fmt.Errorf("%w: %d object(s) failed verification (ckpt region verify says which); release it yourself (ckpt region release) once you no longer need it", ErrKept, len(run.bad))
 	}
@@ -372,6 +376,22 @@ func (run *resumeRun) release() error {
 	}
 	run.emit(journal.Event{Phase: "release"})
 	return nil
+}
+
+// giveSlot gives back the fleet lock's reboot slot that the suspend
+// took, now that every workload is back.
+func (run *resumeRun) giveSlot() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	record := fleetlock.Record(run.opts.Journal)
+	if held, _ := fleetlock.Held(record); held == nil {
+		return
+	}
+	if err := fleetlock.Give(ctx, record); err != nil {
+		run.log.Warn("every workload is back, but the reboot slot is still held: ckpt resume-all --if-committed gives it back at the next boot", "record", record, "err", err)
+		return
+	}
+	run.res.SlotGiven = true
 }
 
 // waves splits records by the Order list: one wave per entry, then the

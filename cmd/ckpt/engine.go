@@ -15,6 +15,7 @@ import (
 
 	"github.com/ckpt-dev/ckpt/checkpoint"
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
+	"github.com/ckpt-dev/ckpt/fleetlock"
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/memregion"
 	"github.com/ckpt-dev/ckpt/restore"
@@ -159,6 +160,7 @@ func (t *targetFlags) image() (*kexec.Image, error) {
 // after (a soft-reboot or reboot command) when it is set.
 type suspendRequest struct {
 	img               *kexec.Image
+	fleet             *fleetlock.Config
 	attrs             map[string]string
 	preDump, loadOnly bool
 	after             func() error
@@ -174,7 +176,7 @@ func suspendAll(cmd *cobra.Command, g *globals, f *engineFlags, req suspendReque
 	defer cancel()
 	opts := checkpoint.Options{Region: f.region, Backends: bs, Skipped: f.skipped, Concurrency: f.concurrency, Only: f.only,
 		Journal: f.journal, PreDump: req.preDump, Logger: log, Events: g.events(cmd.OutOrStdout(), log),
-		Attributes: map[string]string{}}
+		Attributes: map[string]string{}, FleetLock: req.fleet}
 	for k, v := range req.attrs {
 		opts.Attributes[k] = v
 	}
@@ -223,6 +225,7 @@ func suspendAll(cmd *cobra.Command, g *globals, f *engineFlags, req suspendReque
 func newSuspendAllCommand(g *globals) *cobra.Command {
 	var f engineFlags
 	var target targetFlags
+	var fleet fleetFlags
 	var loadOnly, preDump bool
 	c := &cobra.Command{
 		Use:   "suspend-all",
@@ -237,11 +240,12 @@ kernel. Any failure before the commit point thaws every workload on this kernel.
 			if err != nil {
 				return err
 			}
-			return suspendAll(cmd, g, &f, suspendRequest{img: img, preDump: preDump, loadOnly: loadOnly})
+			return suspendAll(cmd, g, &f, suspendRequest{img: img, fleet: fleet.config(), preDump: preDump, loadOnly: loadOnly})
 		},
 	}
 	f.add(c.Flags())
 	target.add(c.Flags())
+	fleet.add(c.Flags())
 	c.Flags().BoolVar(&loadOnly, "load-only", false, "load the kernel but do not execute it")
 	c.Flags().BoolVar(&preDump, "pre-dump", true, "copy memory ahead of the freeze where backends can")
 	return c
@@ -331,6 +335,9 @@ do nothing.`,
 			if ifCommitted {
 				if committed, err := regionCommitted(f.region); err == nil && !committed {
 					fmt.Fprintln(cmd.OutOrStdout(), "no committed checkpoint: nothing to resume")
+					if err := giveStaleSlot(cmd.Context(), f.journal); err != nil {
+						return fmt.Errorf("the reboot slot of an earlier update is still held: %w", err)
+					}
 					return nil
 				}
 			}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
+	"github.com/ckpt-dev/ckpt/fleetlock"
 	"github.com/ckpt-dev/ckpt/update"
 	"github.com/spf13/cobra"
 )
@@ -23,6 +24,7 @@ func (e errNotDue) Error() string { return e.reason }
 func newUpdateCommand(g *globals) *cobra.Command {
 	var f engineFlags
 	var target targetFlags
+	var fleet fleetFlags
 	var check, preDump bool
 	c := &cobra.Command{
 		Use:   "update [VERSION]",
@@ -62,11 +64,12 @@ not, for kured's --reboot-sentinel-command.`,
 				return nil
 			}
 			img.Cmdline = kexec.EditCmdline(img.Cmdline, target.set, target.drop)
-			return runUpdate(cmd, g, &f, pc, img, preDump)
+			return runUpdate(cmd, g, &f, pc, img, fleet.config(), preDump)
 		},
 	}
 	f.add(c.Flags())
 	target.addCmdline(c.Flags())
+	fleet.add(c.Flags())
 	c.Flags().BoolVar(&check, "check", false, "only the precheck: exit 0 when an update is due, 4 when not")
 	c.Flags().BoolVar(&preDump, "pre-dump", true, "copy memory ahead of the freeze where backends can")
 	return c
@@ -80,11 +83,11 @@ func printPrecheck(w io.Writer, pc update.Precheck) {
 }
 
 // runUpdate takes the precheck's path.
-func runUpdate(cmd *cobra.Command, g *globals, f *engineFlags, pc update.Precheck, img kexec.Image, preDump bool) error {
+func runUpdate(cmd *cobra.Command, g *globals, f *engineFlags, pc update.Precheck, img kexec.Image, fleet *fleetlock.Config, preDump bool) error {
 	attrs := map[string]string{"update_path": string(pc.Path), "update_target": pc.Target.Version}
 	switch {
 	case pc.Path == update.PathKexec:
-		return suspendAll(cmd, g, f, suspendRequest{img: &img, attrs: attrs, preDump: preDump})
+		return suspendAll(cmd, g, f, suspendRequest{img: &img, fleet: fleet, attrs: attrs, preDump: preDump})
 	case pc.Path == update.PathUserspace && !pc.SoftReboot:
 		// The same kernel again: kexec restarts userspace (and the kernel).
 		same, err := kernelTarget(pc.Facts.Running)
@@ -93,20 +96,20 @@ func runUpdate(cmd *cobra.Command, g *globals, f *engineFlags, pc update.Prechec
 		}
 		same.Cmdline = img.Cmdline
 		attrs["update_target"] = pc.Facts.Running
-		return suspendAll(cmd, g, f, suspendRequest{img: &same, attrs: attrs, preDump: preDump})
+		return suspendAll(cmd, g, f, suspendRequest{img: &same, fleet: fleet, attrs: attrs, preDump: preDump})
 	case pc.Path == update.PathUserspace:
 		if !strings.HasPrefix(filepath.Clean(f.region)+"/", "/run/") {
 			return usageError{fmt.Errorf("a soft-reboot keeps only /run: give a directory region there (ckpt region format /run/ckpt/region --kind dir; --region /run/ckpt/region), not %s", f.region)}
 		}
 		attrs["update_target"] = pc.Facts.Running
-		return suspendAll(cmd, g, f, suspendRequest{attrs: attrs, preDump: preDump, after: func() error {
+		return suspendAll(cmd, g, f, suspendRequest{fleet: fleet, attrs: attrs, preDump: preDump, after: func() error {
 			return systemctl("soft-reboot")
 		}})
 	case pc.Path == update.PathReboot:
 		if strings.HasPrefix(f.region, "/dev/pmem") || strings.HasPrefix(filepath.Clean(f.region)+"/", "/run/") {
 			return usageError{fmt.Errorf("kexec is impossible here, and region %s does not survive a full reboot: format one on disk (ckpt region format /var/lib/ckpt/region --kind dir) and give --region", f.region)}
 		}
-		return suspendAll(cmd, g, f, suspendRequest{attrs: attrs, preDump: preDump, after: func() error {
+		return suspendAll(cmd, g, f, suspendRequest{fleet: fleet, attrs: attrs, preDump: preDump, after: func() error {
 			return systemctl("reboot")
 		}})
 	}
