@@ -63,6 +63,13 @@ var configKeys = map[string]string{
 	"resume_state": "resume-state",
 	"concurrency":  "concurrency",
 	"metrics_dir":  "metrics-dir",
+	// [fleet_lock]: the reboot slot of suspend-all and update.
+	"fleet_lock.url":   "fleet-lock",
+	"fleet_lock.group": "fleet-lock-group",
+	"fleet_lock.id":    "fleet-lock-id",
+	"fleet_lock.slots": "fleet-lock-slots",
+	"fleet_lock.ttl":   "fleet-lock-ttl",
+	"fleet_lock.poll":  "fleet-lock-poll",
 }
 
 // applyConfig sets every flag the command line did not set from the

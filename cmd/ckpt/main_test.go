@@ -189,3 +189,32 @@ func TestEveryVerbReadsBackendTables(t *testing.T) {
 		t.Fatalf("status with backend tables: %v\n%s", err, out.String())
 	}
 }
+
+// TestFleetLockConfig: ckpt.toml's [fleet_lock] table sets suspend-all's
+// and update's fleet lock; the command line overrides it key by key.
+func TestFleetLockConfig(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "ckpt.toml"), []byte("[fleet_lock]\nurl = \"etcd://etcd1:2379,etcd2:2379\"\ngroup = \"web\"\nslots = 3\nttl = \"10m\"\n"), 0o644)
+	cfg, err := loadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fl fleetFlags
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	fl.add(fs)
+	if err := fs.Parse([]string{"--fleet-lock-group", "db"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyConfig(fs, cfg); err != nil {
+		t.Fatal(err)
+	}
+	got := fl.config()
+	if got == nil || got.URL != "etcd://etcd1:2379,etcd2:2379" || got.Group != "db" || got.Slots != 3 || got.TTLSeconds != 600 {
+		t.Fatalf("fleet lock from config and flags: %+v", got)
+	}
+	var none fleetFlags
+	none.add(pflag.NewFlagSet("y", pflag.ContinueOnError))
+	if none.config() != nil {
+		t.Fatal("a fleet lock without --fleet-lock")
+	}
+}
