@@ -62,18 +62,16 @@ func (s *Semaphore) Close() error {
 	return nil
 }
 
-// State is a group's slot count and holders.
+// State is a group's slot count and holders
+// (a group no host has joined yet has this semaphore's slot count). It
+// writes nothing.
 func (s *Semaphore) State(ctx context.Context) (slots int, holders []Holder, err error) {
 	slots, holders, _, err = s.state(ctx)
 	return slots, holders, err
 }
 
 func (s *Semaphore) state(ctx context.Context) (slots int, holders []Holder, gen int64, err error) {
-	// The group's slot count is set by its first holder.
-	if _, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(s.key("max")), "=", 0)).
-		Then(clientv3.OpPut(s.key("max"), strconv.Itoa(s.slots))).Commit(); err != nil {
-		return 0, nil, 0, fmt.Errorf("etcd: %w", err)
-	}
+	slots = s.slots
 	resp, err := s.cli.Get(ctx, s.key(""), clientv3.WithPrefix())
 	if err != nil {
 		return 0, nil, 0, fmt.Errorf("etcd: %w", err)
@@ -100,6 +98,11 @@ func (s *Semaphore) state(ctx context.Context) (slots int, holders []Holder, gen
 // TryAcquire takes a slot if one is free (nil), or says ErrBusy; holding
 // one already is success.
 func (s *Semaphore) TryAcquire(ctx context.Context) error {
+	// The group's slot count is set by its first holder.
+	if _, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(s.key("max")), "=", 0)).
+		Then(clientv3.OpPut(s.key("max"), strconv.Itoa(s.slots))).Commit(); err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
 	for {
 		slots, holders, gen, err := s.state(ctx)
 		if err != nil {

@@ -195,3 +195,49 @@ func TestFleetLockOneHostAtATime(t *testing.T) {
 		t.Fatalf("host-d's containers after the rollback: %q %v", out, err)
 	}
 }
+
+// slotWatch polls a group's holders in a real etcd while an update runs.
+type slotWatch struct {
+	port string
+	stop func() (held bool, now []string)
+}
+
+// watchSlot starts an etcd on the test host and watches whether id holds
+// a slot of group at some moment.
+func watchSlot(t *testing.T, group, id string) slotWatch {
+	endpoint := workloads.StartEtcd(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sem := fleetlock.NewSemaphore(cli, fleetlock.Config{Group: group, ID: "observer"})
+	quit, done := make(chan struct{}), make(chan bool)
+	go func() {
+		held := false
+		for {
+			if _, hs, err := sem.State(context.Background()); err == nil {
+				held = held || slices.ContainsFunc(hs, func(h fleetlock.Holder) bool { return h.ID == id })
+			}
+			select {
+			case <-quit:
+				done <- held
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+	return slotWatch{port: endpoint[strings.LastIndex(endpoint, ":")+1:], stop: func() (bool, []string) {
+		close(quit)
+		held := <-done
+		defer cli.Close()
+		_, hs, err := sem.State(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, h := range hs {
+			ids = append(ids, h.ID)
+		}
+		return held, ids
+	}}
+}

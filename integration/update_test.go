@@ -343,9 +343,17 @@ func (s *e2eSuite) updateVerb(kernel, name string) {
 		s.t.Fatalf("ckpt update --check --json = %+v, %v; want the userspace path by kexec (no soft-reboot in systemd %d)\n%s", pc, err, pc.Facts.Systemd, out)
 	}
 	s.t.Logf("precheck: %s: %s", pc.Path, pc.Reason)
-	r := s.suspend("ckpt update --region /dev/pmem0")
+	// With a reboot slot from a real etcd on the test host (the guest
+	// reaches it through QEMU's 10.0.2.2): held through the kexec, given
+	// back by ckpt-resume.service once every workload is back.
+	slot := watchSlot(s.t, "e2e", "e2e-guest")
+	r := s.suspend("ckpt update --region /dev/pmem0 --fleet-lock etcd://10.0.2.2:" + slot.port +
+		" --fleet-lock-group e2e --fleet-lock-id e2e-guest --fleet-lock-slots 1")
 	s.awaitResume(r, true)
 	s.check(r, kernel, "/dev/pmem0", name)
+	if held, now := slot.stop(); !held || len(now) > 0 || !strings.Contains(r.log, "gave back the fleet lock's reboot slot") {
+		s.t.Fatalf("the guest's reboot slot: seen held %v, holders after the resume %v; want held during the update, given back at boot", held, now)
+	}
 	if res := s.g.Sh(time.Minute, "ckpt update --check"); res.Exit != 4 {
 		s.t.Fatalf("ckpt update --check after the update: exit %d (want 4)\n%s%s", res.Exit, res.Stdout, res.Stderr)
 	}

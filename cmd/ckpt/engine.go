@@ -437,6 +437,9 @@ func runResume(cmd *cobra.Command, g *globals, f *engineFlags, only, order []str
 		g.print(cmd.OutOrStdout(), res, func(w io.Writer) {
 			fmt.Fprintf(w, "resumed %d, failed %d, already resumed %d in %.2fs; region released: %v\n",
 				len(res.Restored), len(res.Failed), len(res.Skipped), res.Seconds, res.Released)
+			if res.SlotGiven {
+				fmt.Fprintln(w, "gave back the fleet lock's reboot slot")
+			}
 			for _, r := range res.Failed {
 				fmt.Fprintf(w, "  FAILED %s: %s\n", r.Key, r.Error)
 			}
