@@ -514,6 +514,9 @@ func newStatusCommand(g *globals) *cobra.Command {
 			if rs := restore.ReadState(f.state); rs != nil {
 				st["resume"] = rs
 			}
+			if held, err := fleetlock.Held(fleetlock.Record(f.journal)); held != nil || err != nil {
+				st["fleet_lock_held"] = map[string]any{"lock": held, "error": errString(err)}
+			}
 			_, err = os.Stat("/var/run/reboot-required")
 			st["reboot_required"] = err == nil
 			if ksta, cur, exp := checkpoint.KernelStatus(); ksta != "" {
@@ -539,4 +542,11 @@ func newStatusCommand(g *globals) *cobra.Command {
 	}
 	f.add(c.Flags())
 	return c
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
