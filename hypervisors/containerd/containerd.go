@@ -34,7 +34,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -172,10 +171,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Backend, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	for _, pat := range append(append([]string(nil), cfg.Namespaces...), cfg.Containers...) {
-		if _, err := path.Match(pat, ""); err != nil {
-			return nil, fmt.Errorf("containerd namespaces or containers %q: %w", pat, err)
-		}
+	if err := hypervisors.CheckGlobs("containerd namespaces or containers", append(append([]string(nil), cfg.Namespaces...), cfg.Containers...)); err != nil {
+		return nil, err
 	}
 	if _, err := os.Stat(cfg.Address); err != nil {
 		return nil, fmt.Errorf("%w: containerd does not run here (%v)", hypervisors.ErrSkipBackend, err)
@@ -229,15 +226,6 @@ func notFound(err error, what string) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-func wanted(pats []string, name string) bool {
-	for _, pat := range pats {
-		if ok, _ := path.Match(pat, name); ok {
-			return true
-		}
-	}
-	return false
-}
-
 // Discover implements hypervisors.Backend: the running and paused tasks
 // of every namespace but Docker's (kubelet's are listed, for preflight to
 // refuse them with the reason).
@@ -249,7 +237,7 @@ func (b *Backend) Discover(ctx context.Context) ([]hypervisors.Workload, error) 
 	var ws []hypervisors.Workload
 	for _, n := range nl.Namespaces {
 		ns := n.Name
-		if len(b.cfg.Namespaces) > 0 && !wanted(b.cfg.Namespaces, ns) || ns == DockerNamespace {
+		if len(b.cfg.Namespaces) > 0 && !hypervisors.MatchGlobs(b.cfg.Namespaces, ns) || ns == DockerNamespace {
 			continue
 		}
 		tl, err := b.tasks.List(inNamespace(ctx, ns), &tasksapi.ListTasksRequest{})
@@ -261,7 +249,7 @@ func (b *Backend) Discover(ctx context.Context) ([]hypervisors.Workload, error) 
 				continue
 			}
 			id := ns + "/" + t.ID
-			if len(b.cfg.Containers) > 0 && !wanted(b.cfg.Containers, id) {
+			if len(b.cfg.Containers) > 0 && !hypervisors.MatchGlobs(b.cfg.Containers, id) {
 				continue
 			}
 			ws = append(ws, hypervisors.Workload{ID: id, Kind: KindContainer, Backend: Name, PID: int(t.Pid),

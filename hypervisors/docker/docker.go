@@ -33,7 +33,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -132,10 +131,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Backend, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	for _, pat := range cfg.Containers {
-		if _, err := path.Match(pat, ""); err != nil {
-			return nil, fmt.Errorf("docker containers %q: %w", pat, err)
-		}
+	if err := hypervisors.CheckGlobs("docker containers", cfg.Containers); err != nil {
+		return nil, err
 	}
 	if _, err := os.Stat(cfg.Socket); err != nil {
 		return nil, fmt.Errorf("%w: dockerd is not running (no socket %s)", hypervisors.ErrSkipBackend, cfg.Socket)
@@ -251,15 +248,7 @@ func (b *Backend) inspect(ctx context.Context, name string) (*container, error) 
 }
 
 func (b *Backend) wanted(name string) bool {
-	if len(b.cfg.Containers) == 0 {
-		return true
-	}
-	for _, pat := range b.cfg.Containers {
-		if ok, _ := path.Match(pat, name); ok {
-			return true
-		}
-	}
-	return false
+	return len(b.cfg.Containers) == 0 || hypervisors.MatchGlobs(b.cfg.Containers, name)
 }
 
 // Discover implements hypervisors.Backend: dockerd's running (or paused)

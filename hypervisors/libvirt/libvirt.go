@@ -144,10 +144,8 @@ func New(_ context.Context, cfg Config, log *slog.Logger) (*Backend, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	for _, pat := range cfg.Domains {
-		if _, err := path.Match(pat, ""); err != nil {
-			return nil, fmt.Errorf("libvirt domains %q: %w", pat, err)
-		}
+	if err := hypervisors.CheckGlobs("libvirt domains", cfg.Domains); err != nil {
+		return nil, err
 	}
 	if _, err := os.Stat(cfg.Socket); err != nil {
 		return nil, fmt.Errorf("%w: libvirtd is not running (no socket %s)", hypervisors.ErrSkipBackend, cfg.Socket)
@@ -176,15 +174,7 @@ func (b *Backend) Version() string {
 }
 
 func (b *Backend) wanted(name string) bool {
-	if len(b.cfg.Domains) == 0 {
-		return true
-	}
-	for _, pat := range b.cfg.Domains {
-		if ok, _ := path.Match(pat, name); ok {
-			return true
-		}
-	}
-	return false
+	return len(b.cfg.Domains) == 0 || hypervisors.MatchGlobs(b.cfg.Domains, name)
 }
 
 // Discover implements hypervisors.Backend: the running (or paused)

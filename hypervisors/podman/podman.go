@@ -147,10 +147,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Backend, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	for _, pat := range append(slices.Clone(cfg.Containers), cfg.Pods...) {
-		if _, err := path.Match(pat, ""); err != nil {
-			return nil, fmt.Errorf("podman containers or pods %q: %w", pat, err)
-		}
+	if err := hypervisors.CheckGlobs("podman containers or pods", append(slices.Clone(cfg.Containers), cfg.Pods...)); err != nil {
+		return nil, err
 	}
 	bin, err := exec.LookPath(cfg.Podman)
 	if err != nil {
@@ -240,15 +238,6 @@ func (b *Backend) inspectOne(ctx context.Context, name string) (*container, erro
 	return &cs[0], nil
 }
 
-func wanted(pats []string, name string) bool {
-	for _, pat := range pats {
-		if ok, _ := path.Match(pat, name); ok {
-			return true
-		}
-	}
-	return false
-}
-
 // psEntry is a line of podman ps --format json.
 type psEntry struct {
 	ID      string   `json:"Id"`
@@ -281,13 +270,13 @@ func (b *Backend) Discover(ctx context.Context) ([]hypervisors.Workload, error) 
 		}
 		name := p.Names[0]
 		if p.Pod == "" {
-			if all || wanted(b.cfg.Containers, name) {
+			if all || hypervisors.MatchGlobs(b.cfg.Containers, name) {
 				ws = append(ws, hypervisors.Workload{ID: name, Kind: KindContainer, Backend: Name, PID: p.Pid,
 					MemoryBytes: freezer.MemoryOfPID(p.Pid), Attrs: map[string]string{"id": p.ID, "manager": "podman"}})
 			}
 			continue
 		}
-		if !all && !wanted(b.cfg.Pods, p.PodName) {
+		if !all && !hypervisors.MatchGlobs(b.cfg.Pods, p.PodName) {
 			continue
 		}
 		w := pods[p.Pod]
@@ -310,7 +299,7 @@ func (b *Backend) Discover(ctx context.Context) ([]hypervisors.Workload, error) 
 		}
 	}
 	for _, r := range b.rootless() {
-		if all || wanted(b.cfg.Containers, r.ID) {
+		if all || hypervisors.MatchGlobs(b.cfg.Containers, r.ID) {
 			ws = append(ws, r)
 		}
 	}
