@@ -1,8 +1,8 @@
 // Package update is the whole rebootless update as a library: which
 // kernel the bootloader would boot (DefaultKernel, read the way vzreboot
 // reads GRUB), which update path applies and why (Check, the precheck
-// that `ckpt update --check` prints), and the hand-off that follows. The
-// CLI's `ckpt update` only builds its options.
+// that `ckpt update --check` prints). checkpoint.RunUpdate takes the path
+// and hands off; the CLI's `ckpt update` only builds their options.
 package update
 
 import (

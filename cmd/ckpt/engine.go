@@ -161,65 +161,47 @@ func (t *targetFlags) image() (*kexec.Image, error) {
 type suspendRequest struct {
 	img               *kexec.Image
 	fleet             *fleetlock.Config
-	attrs             map[string]string
 	preDump, loadOnly bool
-	after             func() error
 }
 
 // suspendAll plans, loads the kernel, suspends every workload and hands
-// off: kexec into req.img, or req.after, or nothing (--no-kexec).
+// off: kexec into req.img, or nothing (--no-kexec).
 func suspendAll(cmd *cobra.Command, g *globals, f *engineFlags, req suspendRequest) error {
-	ctx, cancel, log, bs, err := f.start(cmd, g, true)
+	ctx, cancel, opts, err := f.suspendOptions(cmd, g, req)
 	if err != nil {
 		return err
 	}
 	defer cancel()
+	_, err = checkpoint.SuspendAndHandoff(ctx, opts, g.handoff(cmd, f, checkpoint.Handoff{Kexec: req.img, LoadOnly: req.loadOnly}))
+	return err
+}
+
+// suspendOptions are the engine options of a suspend.
+func (f *engineFlags) suspendOptions(cmd *cobra.Command, g *globals, req suspendRequest) (context.Context, context.CancelFunc, checkpoint.Options, error) {
+	ctx, cancel, log, bs, err := f.start(cmd, g, true)
+	if err != nil {
+		return nil, nil, checkpoint.Options{}, err
+	}
 	opts := checkpoint.Options{Region: f.region, Backends: bs, Skipped: f.skipped, Concurrency: f.concurrency, Only: f.only,
 		Journal: f.journal, PreDump: req.preDump, Logger: log, Events: g.events(cmd.OutOrStdout(), log),
 		Attributes: map[string]string{}, FleetLock: req.fleet}
-	for k, v := range req.attrs {
-		opts.Attributes[k] = v
+	return ctx, cancel, opts, nil
+}
+
+// handoff is h with the CLI's metrics directory and the result printed
+// at the commit.
+func (g *globals) handoff(cmd *cobra.Command, f *engineFlags, h checkpoint.Handoff) checkpoint.Handoff {
+	h.MetricsDir = f.metricsDir
+	h.OnCommit = func(res *checkpoint.Result) {
+		g.print(cmd.OutOrStdout(), res, func(w io.Writer) {
+			fmt.Fprintf(w, "committed %d workloads, %s, at %.2f GB/s with %d at once\n", len(res.Workloads),
+				memregion.HumanBytes(res.Bytes), res.GBps, res.Concurrency)
+			for _, wr := range res.Workloads {
+				fmt.Fprintf(w, "  %-40s %10s  frozen %.2fs  dump %.2fs\n", wr.Key, memregion.HumanBytes(wr.Bytes), wr.FrozenS, wr.DumpS)
+			}
+		})
 	}
-	img := req.img
-	if img != nil {
-		opts.Kexec = img
-		opts.Attributes["target_kernel"] = img.Kernel
-	}
-	plan, err := checkpoint.NewPlan(ctx, opts)
-	if err != nil {
-		return err
-	}
-	if img != nil {
-		// Load first: a kernel that cannot be loaded stops us before
-		// anything is frozen.
-		if err := kexec.Load(*img); err != nil {
-			return fmt.Errorf("%w; nothing was frozen. To update anyway, %s", err, kexec.Fallback)
-		}
-	}
-	res, err := checkpoint.Suspend(ctx, plan)
-	if merr := checkpoint.SuspendMetrics(res, err).WriteFile(f.metricsDir, "ckpt_suspend"); merr != nil {
-		log.Warn("metrics", "err", merr)
-	}
-	if err != nil {
-		if img != nil && res == nil {
-			kexec.Unload() // rolled back: a later reboot must not kexec by surprise
-		}
-		return err
-	}
-	g.print(cmd.OutOrStdout(), res, func(w io.Writer) {
-		fmt.Fprintf(w, "committed %d workloads, %s, at %.2f GB/s with %d at once\n", len(res.Workloads),
-			memregion.HumanBytes(res.Bytes), res.GBps, res.Concurrency)
-		for _, wr := range res.Workloads {
-			fmt.Fprintf(w, "  %-40s %10s  frozen %.2fs  dump %.2fs\n", wr.Key, memregion.HumanBytes(wr.Bytes), wr.FrozenS, wr.DumpS)
-		}
-	})
-	switch {
-	case img != nil && !req.loadOnly:
-		return kexec.Boot()
-	case img == nil && req.after != nil:
-		return req.after()
-	}
-	return nil
+	return h
 }
 
 func newSuspendAllCommand(g *globals) *cobra.Command {

@@ -1,12 +1,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
-	"os/exec"
-	"path/filepath"
-	"strings"
 
+	"github.com/ckpt-dev/ckpt/checkpoint"
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
 	"github.com/ckpt-dev/ckpt/fleetlock"
 	"github.com/ckpt-dev/ckpt/update"
@@ -82,46 +81,16 @@ func printPrecheck(w io.Writer, pc update.Precheck) {
 	}
 }
 
-// runUpdate takes the precheck's path.
+// runUpdate takes the precheck's path (checkpoint.RunUpdate).
 func runUpdate(cmd *cobra.Command, g *globals, f *engineFlags, pc update.Precheck, img kexec.Image, fleet *fleetlock.Config, preDump bool) error {
-	attrs := map[string]string{"update_path": string(pc.Path), "update_target": pc.Target.Version}
-	switch {
-	case pc.Path == update.PathKexec:
-		return suspendAll(cmd, g, f, suspendRequest{img: &img, fleet: fleet, attrs: attrs, preDump: preDump})
-	case pc.Path == update.PathUserspace && !pc.SoftReboot:
-		// The same kernel again: kexec restarts userspace (and the kernel).
-		same, err := kernelTarget(pc.Facts.Running)
-		if err != nil {
-			return err
-		}
-		same.Cmdline = img.Cmdline
-		attrs["update_target"] = pc.Facts.Running
-		return suspendAll(cmd, g, f, suspendRequest{img: &same, fleet: fleet, attrs: attrs, preDump: preDump})
-	case pc.Path == update.PathUserspace:
-		if !strings.HasPrefix(filepath.Clean(f.region)+"/", "/run/") {
-			return usageError{fmt.Errorf("a soft-reboot keeps only /run: give a directory region there (ckpt region format /run/ckpt/region --kind dir; --region /run/ckpt/region), not %s", f.region)}
-		}
-		attrs["update_target"] = pc.Facts.Running
-		return suspendAll(cmd, g, f, suspendRequest{fleet: fleet, attrs: attrs, preDump: preDump, after: func() error {
-			return systemctl("soft-reboot")
-		}})
-	case pc.Path == update.PathReboot:
-		if strings.HasPrefix(f.region, "/dev/pmem") || strings.HasPrefix(filepath.Clean(f.region)+"/", "/run/") {
-			return usageError{fmt.Errorf("kexec is impossible here, and region %s does not survive a full reboot: format one on disk (ckpt region format /var/lib/ckpt/region --kind dir) and give --region", f.region)}
-		}
-		return suspendAll(cmd, g, f, suspendRequest{fleet: fleet, attrs: attrs, preDump: preDump, after: func() error {
-			return systemctl("reboot")
-		}})
-	}
-	return fmt.Errorf("update path %s: nothing to run", pc.Path)
-}
-
-// systemctl hands the host to systemd once every workload is committed;
-// inhibitors held by others do not stop an update that is under way.
-func systemctl(verb string) error {
-	out, err := exec.Command("systemctl", "--ignore-inhibitors", verb).CombinedOutput()
+	ctx, cancel, opts, err := f.suspendOptions(cmd, g, suspendRequest{fleet: fleet, preDump: preDump})
 	if err != nil {
-		return fmt.Errorf("systemctl %s: %w: %s (the checkpoint is committed: reboot by hand, and ckpt-resume.service resumes it)", verb, err, strings.TrimSpace(string(out)))
+		return err
 	}
-	return nil
+	defer cancel()
+	_, err = checkpoint.RunUpdate(ctx, pc, img, opts, g.handoff(cmd, f, checkpoint.Handoff{}))
+	if errors.Is(err, checkpoint.ErrRegionLost) {
+		return usageError{err}
+	}
+	return err
 }

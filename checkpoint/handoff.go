@@ -1,0 +1,141 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
+	"github.com/ckpt-dev/ckpt/update"
+)
+
+// Handoff is what follows a committed suspend.
+type Handoff struct {
+	// Kexec is the kernel to kexec into: loaded before anything is
+	// frozen (a kernel that cannot be loaded stops the update with every
+	// workload untouched), executed once the checkpoint is committed.
+	// Nil: no kexec.
+	Kexec *kexec.Image
+	// LoadOnly leaves the loaded kernel for a later reboot to execute.
+	LoadOnly bool
+	// After, without Kexec, runs once the checkpoint is committed: hand
+	// the host to systemctl soft-reboot or reboot. Nil: the caller's turn.
+	After func() error
+	// OnCommit, when set, sees the result before the hand-off (a kexec
+	// does not return).
+	OnCommit func(*Result)
+	// MetricsDir receives the run's metrics (ckpt_suspend.prom; "": none,
+	// or where the directory is absent).
+	MetricsDir string
+}
+
+// SuspendAndHandoff is the whole suspend as ckpt suspend-all runs it: the
+// plan (nothing is touched if it finds a problem), the kernel loaded,
+// every workload suspended, and the hand-off. With a kexec it returns only
+// on failure; a suspend that rolled back unloads the kernel, so that a
+// later reboot does not kexec by surprise.
+func SuspendAndHandoff(ctx context.Context, opts Options, h Handoff) (*Result, error) {
+	opts.Kexec = h.Kexec
+	if h.Kexec != nil {
+		if opts.Attributes == nil {
+			opts.Attributes = map[string]string{}
+		}
+		opts.Attributes["target_kernel"] = h.Kexec.Kernel
+	}
+	plan, err := NewPlan(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	if h.Kexec != nil {
+		if err := kexec.Load(*h.Kexec); err != nil {
+			return nil, fmt.Errorf("%w; nothing was frozen. To update anyway, %s", err, kexec.Fallback)
+		}
+	}
+	res, err := Suspend(ctx, plan)
+	if h.MetricsDir != "" {
+		if merr := SuspendMetrics(res, err).WriteFile(h.MetricsDir, "ckpt_suspend"); merr != nil {
+			plan.Options.Logger.Warn("metrics", "err", merr)
+		}
+	}
+	if err != nil {
+		if h.Kexec != nil && res == nil {
+			kexec.Unload()
+		}
+		return res, err
+	}
+	if h.OnCommit != nil {
+		h.OnCommit(res)
+	}
+	switch {
+	case h.Kexec != nil && !h.LoadOnly:
+		return res, kexec.Boot()
+	case h.Kexec == nil && h.After != nil:
+		return res, h.After()
+	}
+	return res, nil
+}
+
+// ErrRegionLost says the region given does not survive the update path
+// that applies (a soft-reboot keeps only /run; a full reboot keeps neither
+// /run nor a memmap= device).
+var ErrRegionLost = errors.New("the region does not survive this update path")
+
+// RunUpdate is ckpt update past its precheck: it takes pc's path with
+// opts (the region, the backends, the fleet lock, …) and h (the metrics,
+// OnCommit):
+//   - kexec: suspend every workload and kexec into img;
+//   - userspace with soft-reboot (systemd ≥ 254): a region in /run,
+//     suspend, systemctl soft-reboot;
+//   - userspace without: kexec into the running kernel again (img's
+//     command line);
+//   - reboot: a region on disk, suspend, systemctl reboot.
+//
+// The manifest records the path and the target (update_path,
+// update_target); ckpt-resume.service resumes every workload at boot.
+func RunUpdate(ctx context.Context, pc update.Precheck, img kexec.Image, opts Options, h Handoff) (*Result, error) {
+	if opts.Attributes == nil {
+		opts.Attributes = map[string]string{}
+	}
+	opts.Attributes["update_path"], opts.Attributes["update_target"] = string(pc.Path), pc.Target.Version
+	inRun := strings.HasPrefix(filepath.Clean(opts.Region)+"/", "/run/")
+	switch {
+	case pc.Path == update.PathKexec:
+		h.Kexec = &img
+	case pc.Path == update.PathUserspace && !pc.SoftReboot:
+		// The same kernel again: kexec restarts userspace (and the kernel).
+		_, same, err := update.Target(pc.Facts.Running)
+		if err != nil {
+			return nil, err
+		}
+		same.Cmdline = img.Cmdline
+		opts.Attributes["update_target"] = pc.Facts.Running
+		h.Kexec = &same
+	case pc.Path == update.PathUserspace:
+		if !inRun {
+			return nil, fmt.Errorf("%w: a soft-reboot keeps only /run: give a directory region there (ckpt region format /run/ckpt/region --kind dir; --region /run/ckpt/region), not %s", ErrRegionLost, opts.Region)
+		}
+		opts.Attributes["update_target"] = pc.Facts.Running
+		h.Kexec, h.After = nil, func() error { return systemctl("soft-reboot") }
+	case pc.Path == update.PathReboot:
+		if strings.HasPrefix(opts.Region, "/dev/pmem") || inRun {
+			return nil, fmt.Errorf("%w: kexec is impossible here, and region %s does not survive a full reboot: format one on disk (ckpt region format /var/lib/ckpt/region --kind dir) and give --region", ErrRegionLost, opts.Region)
+		}
+		h.Kexec, h.After = nil, func() error { return systemctl("reboot") }
+	default:
+		return nil, fmt.Errorf("update path %s: nothing to run", pc.Path)
+	}
+	return SuspendAndHandoff(ctx, opts, h)
+}
+
+// systemctl hands the host to systemd once every workload is committed;
+// inhibitors held by others do not stop an update that is under way.
+func systemctl(verb string) error {
+	out, err := exec.Command("systemctl", "--ignore-inhibitors", verb).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("systemctl %s: %w: %s (the checkpoint is committed: reboot by hand, and ckpt-resume.service resumes it)", verb, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
