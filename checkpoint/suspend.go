@@ -412,8 +412,9 @@ func (s *suspendRun) dumpOne(ctx context.Context, i int, pl Planned) error {
 		}
 	}
 	w := pl.Workload
+	frozenAt := s.frozenAt[i]
 	s.records[i] = memregion.WorkloadRecord{ID: w.ID, Kind: w.Kind, Backend: w.Backend, MemoryBytes: w.MemoryBytes,
-		Prefix: pre, Objects: objs, Restore: recipe}
+		Prefix: pre, Objects: objs, Restore: recipe, FrozenAt: &frozenAt}
 	s.res.Workloads[i] = WorkloadResult{Key: pl.Key, Bytes: n, DumpS: time.Since(start).Seconds()}
 	s.opts.emit(Event{Phase: "dump", Workload: pl.Key, Bytes: n, Elapsed: time.Since(start).Seconds()})
 	journal.Failpoint("dump:one")

@@ -308,11 +308,21 @@ func TestSuspendAllResumeAll(t *testing.T) {
 		t.Fatalf("resume-all: %v", err)
 	}
 	var res struct {
-		Restored []any `json:"restored"`
+		Restored []struct {
+			Key       string  `json:"key"`
+			BlackoutS float64 `json:"blackout_s"`
+		} `json:"restored"`
 		Released bool  `json:"released"`
+		Bytes    int64 `json:"bytes"`
 	}
-	if err := lastJSON(out, &res); err != nil || len(res.Restored) != 8 || !res.Released {
+	if err := lastJSON(out, &res); err != nil || len(res.Restored) != 8 || !res.Released || res.Bytes <= 0 {
 		t.Fatalf("resume-all result: %+v, %v", res, err)
+	}
+	for _, r := range res.Restored {
+		// Each was frozen before the commit, restored after it.
+		if r.BlackoutS <= 0 {
+			t.Fatalf("resume-all result: %s has no blackout (%v s)", r.Key, r.BlackoutS)
+		}
 	}
 	h.running(before)
 	if info, _ := workloads.Virsh(t, "dominfo", dom.ID); !regexp.MustCompile(`Autostart:\s+enable`).MatchString(info) {

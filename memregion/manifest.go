@@ -54,6 +54,9 @@ type WorkloadRecord struct {
 	Prefix  string          `json:"prefix,omitempty"`
 	Objects []string        `json:"objects,omitempty"`
 	Restore json.RawMessage `json:"restore,omitempty"`
+	// FrozenAt is when the suspend froze the workload: its blackout runs
+	// from there until its restore has ended.
+	FrozenAt *time.Time `json:"frozen_at,omitempty"`
 }
 
 // Object returns the named object's info.

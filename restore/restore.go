@@ -61,6 +61,12 @@ type Result struct {
 	Failed   []WorkloadResult `json:"failed,omitempty"`
 	Skipped  []string         `json:"already_restored,omitempty"`
 	Released bool             `json:"released"`
+	// UpdatePath and Target are the update's path (kexec, userspace,
+	// reboot; "" for a bare suspend-all) and target kernel, from the
+	// manifest; Bytes is the checkpoint's size.
+	UpdatePath string `json:"update_path,omitempty"`
+	Target     string `json:"target,omitempty"`
+	Bytes      int64  `json:"bytes"`
 	// SlotGiven says the fleet lock's reboot slot was given back.
 	SlotGiven bool    `json:"slot_given,omitempty"`
 	Seconds   float64 `json:"seconds"`
@@ -70,7 +76,10 @@ type Result struct {
 type WorkloadResult struct {
 	Key     string  `json:"key"`
 	Seconds float64 `json:"seconds"`
-	Error   string  `json:"error,omitempty"`
+	// BlackoutS runs from the workload's freeze by the suspend to the end
+	// of its restore (wall clock, across the kexec).
+	BlackoutS float64 `json:"blackout_s,omitempty"`
+	Error     string  `json:"error,omitempty"`
 }
 
 // state is the progress of one checkpoint's resume, on disk.
@@ -119,6 +128,10 @@ func ResumeHeld(ctx context.Context, opts Options) (*Result, error) {
 	run := &resumeRun{opts: opts, log: opts.Logger, r: r, start: time.Now(), res: &Result{RegionID: r.ID()}}
 	if err := run.verify(ctx); err != nil {
 		return nil, err
+	}
+	run.res.Bytes, run.res.UpdatePath = run.m.TotalBytes(), run.m.Attributes["update_path"]
+	if run.res.Target = run.m.Attributes["update_target"]; run.res.Target == "" {
+		run.res.Target = run.m.Attributes["target_kernel"]
 	}
 	todo, err := run.pending()
 	if err != nil {
@@ -236,7 +249,7 @@ func (run *resumeRun) restoreWave(ctx context.Context, wave []memregion.Workload
 		g.Go(func() error {
 			t0 := time.Now()
 			err := run.restoreOne(ctx, rec, run.backend(rec.Backend))
-			run.done(recordKey(rec), time.Since(t0), err)
+			run.done(rec, time.Since(t0), err)
 			return nil
 		})
 	}
@@ -260,10 +273,14 @@ func (run *resumeRun) restoreOne(ctx context.Context, rec memregion.WorkloadReco
 
 // done records one workload's outcome, on disk at once: a resume killed
 // mid-way restores nothing twice.
-func (run *resumeRun) done(k string, took time.Duration, err error) {
+func (run *resumeRun) done(rec memregion.WorkloadRecord, took time.Duration, err error) {
 	run.mu.Lock()
 	defer run.mu.Unlock()
+	k := recordKey(rec)
 	wr := WorkloadResult{Key: k, Seconds: took.Seconds()}
+	if rec.FrozenAt != nil && err == nil {
+		wr.BlackoutS = time.Since(*rec.FrozenAt).Seconds()
+	}
 	if err != nil {
 		wr.Error = err.Error()
 		run.res.Failed = append(run.res.Failed, wr)
@@ -315,11 +332,11 @@ func (run *resumeRun) thawOriginals(ctx context.Context, todo []memregion.Worklo
 		switch err := b.Thaw(ctx, w); {
 		case err == nil:
 			run.log.Info("the original was still there, frozen: thawed instead of restored", "workload", k)
-			run.done(k, time.Since(t0), nil)
+			run.done(rec, time.Since(t0), nil)
 		case errors.Is(err, hypervisors.ErrNotFound):
 			rest = append(rest, rec)
 		default:
-			run.done(k, time.Since(t0), fmt.Errorf("its original is still there and could not be thawed: %w", err))
+			run.done(rec, time.Since(t0), fmt.Errorf("its original is still there and could not be thawed: %w", err))
 		}
 	}
 	return rest

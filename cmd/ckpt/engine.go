@@ -413,6 +413,17 @@ func runResume(cmd *cobra.Command, g *globals, f *engineFlags, only, order []str
 		m.Gauge("ckpt_resume_restored", "workloads restored by the last resume", float64(len(res.Restored)))
 		m.Gauge("ckpt_resume_failures", "workloads the last resume could not restore", float64(len(res.Failed)))
 		m.Gauge("ckpt_resume_seconds", "duration of the last resume", res.Seconds)
+		m.Gauge("ckpt_resume_bytes", "bytes of the checkpoint the last resume restored from", float64(res.Bytes))
+		path := res.UpdatePath
+		if path == "" {
+			path = "suspend-all"
+		}
+		m.Gauge("ckpt_update_info", "the last update: its path and target kernel", 1, "path", path, "target", res.Target)
+		for _, w := range res.Restored {
+			if w.BlackoutS > 0 {
+				m.Gauge("ckpt_workload_blackout_seconds", "from a workload's freeze by the suspend to the end of its restore", w.BlackoutS, "workload", w.Key)
+			}
+		}
 		if merr := m.WriteFile(f.metricsDir, "ckpt_resume"); merr != nil {
 			log.Warn("metrics", "err", merr)
 		}
