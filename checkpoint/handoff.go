@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
+	"github.com/ckpt-dev/ckpt/memregion"
 	"github.com/ckpt-dev/ckpt/update"
 )
 
@@ -79,31 +81,42 @@ func SuspendAndHandoff(ctx context.Context, opts Options, h Handoff) (*Result, e
 }
 
 // ErrRegionLost says the region given does not survive the update path
-// that applies (a soft-reboot keeps only /run; a full reboot keeps neither
-// /run nor a memmap= device).
+// that applies (a soft-reboot keeps /run, devices and disks but no other
+// tmpfs; a kexec keeps disks and a pmem device whose memmap= the next
+// command line keeps; a full reboot keeps only disks).
 var ErrRegionLost = errors.New("the region does not survive this update path")
+
+// SoftRebootRegion is the region of a soft-reboot update when none is
+// given: a directory in /run, which systemd keeps across a soft-reboot.
+// RunUpdate formats it when it is not yet.
+const SoftRebootRegion = "/run/ckpt/region"
 
 // RunUpdate is ckpt update past its precheck: it takes pc's path with
 // opts (the region, the backends, the fleet lock, …) and h (the metrics,
 // OnCommit):
 //   - kexec: suspend every workload and kexec into img;
-//   - userspace with soft-reboot (systemd ≥ 254): a region in /run,
-//     suspend, systemctl soft-reboot;
+//   - userspace with soft-reboot (systemd ≥ 254): suspend into a region
+//     that a soft-reboot keeps (the one given, or SoftRebootRegion in
+//     /run), systemctl soft-reboot;
 //   - userspace without: kexec into the running kernel again (img's
 //     command line);
 //   - reboot: a region on disk, suspend, systemctl reboot.
 //
-// The manifest records the path and the target (update_path,
-// update_target); ckpt-resume.service resumes every workload at boot.
+// A region the path would lose is refused with ErrRegionLost before
+// anything is frozen. The manifest records the path and the target
+// (update_path, update_target); ckpt-resume.service resumes every
+// workload at boot, from the region the journal names.
 func RunUpdate(ctx context.Context, pc update.Precheck, img kexec.Image, opts Options, h Handoff) (*Result, error) {
 	if opts.Attributes == nil {
 		opts.Attributes = map[string]string{}
 	}
 	opts.Attributes["update_path"], opts.Attributes["update_target"] = string(pc.Path), pc.Target.Version
-	inRun := strings.HasPrefix(filepath.Clean(opts.Region)+"/", "/run/")
+	var need func(memregion.Survival) bool
+	var path string
 	switch {
 	case pc.Path == update.PathKexec:
 		h.Kexec = &img
+		need, path = func(s memregion.Survival) bool { return s.Kexec }, "a kexec"
 	case pc.Path == update.PathUserspace && !pc.SoftReboot:
 		// The same kernel again: kexec restarts userspace (and the kernel).
 		_, same, err := update.Target(pc.Facts.Running)
@@ -113,21 +126,62 @@ func RunUpdate(ctx context.Context, pc update.Precheck, img kexec.Image, opts Op
 		same.Cmdline = img.Cmdline
 		opts.Attributes["update_target"] = pc.Facts.Running
 		h.Kexec = &same
+		need, path = func(s memregion.Survival) bool { return s.Kexec }, "a kexec"
 	case pc.Path == update.PathUserspace:
-		if !inRun {
-			return nil, fmt.Errorf("%w: a soft-reboot keeps only /run: give a directory region there (ckpt region format /run/ckpt/region --kind dir; --region /run/ckpt/region), not %s", ErrRegionLost, opts.Region)
+		if opts.Region == "" {
+			opts.Region = SoftRebootRegion
+			if err := formatIfNew(opts.Region); err != nil {
+				return nil, err
+			}
 		}
 		opts.Attributes["update_target"] = pc.Facts.Running
 		h.Kexec, h.After = nil, func() error { return systemctl("soft-reboot") }
+		need, path = func(s memregion.Survival) bool { return s.SoftReboot }, "a soft-reboot"
 	case pc.Path == update.PathReboot:
-		if strings.HasPrefix(opts.Region, "/dev/pmem") || inRun {
-			return nil, fmt.Errorf("%w: kexec is impossible here, and region %s does not survive a full reboot: format one on disk (ckpt region format /var/lib/ckpt/region --kind dir) and give --region", ErrRegionLost, opts.Region)
-		}
 		h.Kexec, h.After = nil, func() error { return systemctl("reboot") }
+		need, path = func(s memregion.Survival) bool { return s.Reboot }, "a full reboot"
 	default:
 		return nil, fmt.Errorf("update path %s: nothing to run", pc.Path)
 	}
+	if err := regionSurvives(opts.Region, path, need); err != nil {
+		return nil, err
+	}
 	return SuspendAndHandoff(ctx, opts, h)
+}
+
+// regionSurvives refuses a region that path (a soft-reboot, a kexec, a
+// full reboot) would lose, saying what holds it and what would do.
+func regionSurvives(region, path string, need func(memregion.Survival) bool) error {
+	if region == "" {
+		return fmt.Errorf("%w: no region given", ErrRegionLost)
+	}
+	s, err := memregion.Survives(region)
+	if err != nil {
+		return fmt.Errorf("what holds region %s: %w", region, err)
+	}
+	if need(s) {
+		return nil
+	}
+	hint := "format one on disk (ckpt region format /var/lib/ckpt/region --kind dir) and give --region"
+	if path == "a soft-reboot" {
+		hint = "give a region in /run (the default: no --region), on a pmem device or on disk"
+	}
+	return fmt.Errorf("%w: %s (%s) does not survive %s: %s", ErrRegionLost, region, s.Medium, path, hint)
+}
+
+// formatIfNew formats a directory region at path unless one is there.
+func formatIfNew(path string) error {
+	r, err := memregion.Open(path, memregion.Options{ReadOnly: true})
+	if err == nil {
+		return r.Close()
+	}
+	if !errors.Is(err, memregion.ErrNotFormatted) {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	return memregion.Format(path, memregion.FormatOptions{Kind: memregion.KindDir})
 }
 
 // systemctl hands the host to systemd once every workload is committed;

@@ -1,16 +1,23 @@
 #!/bin/bash
-# guest-image.sh builds, once, a small Debian 12 (bookworm) system image that
-# the integration tests boot under QEMU as a "real host" with systemd:
+# guest-image.sh builds, once, a small Debian system image that the
+# integration tests boot under QEMU as a "real host" with systemd:
 #
-#   $CACHE/guest/debian12.img   raw ext4 filesystem (no partition table), root=/dev/vda
-#   $CACHE/guest/boot/          the image's vmlinuz-* and initrd.img-* for -kernel/-initrd
-#   $CACHE/guest/VERSIONS       KERNEL_61=<uname -r>, KERNEL_612=<uname -r>
+#   hack/guest-image.sh [debian12|debian13]     default debian12
 #
-# The image holds both pinned Debian kernels (initrds made by initramfs-tools),
-# systemd + networkd, qemu-guest-agent, runc, iptables, QEMU 7.2 and the host's
-# CRIU prefix. It is rebuilt only when this script, the CRIU prefix's version
-# or the kernel pins change (see $OUT/stamp); otherwise it exits at once.
-# hack/guest-boot.sh boots it. Needs root (mmdebstrap --mode=root, chroot).
+#   debian12 (bookworm, systemd 252): $CACHE/guest/
+#     debian12.img   raw ext4 filesystem (no partition table), root=/dev/vda
+#     boot/          the image's vmlinuz-* and initrd.img-* for -kernel/-initrd
+#     VERSIONS       KERNEL_61=<uname -r>, KERNEL_612=<uname -r>
+#     Both pinned Debian kernels: the kexec updates go from one to the other.
+#   debian13 (trixie, systemd 257, which has soft-reboot): $CACHE/guest13/
+#     debian13.img, boot/, VERSIONS (KERNEL=<uname -r> of trixie's kernel)
+#
+# Each holds systemd + networkd, qemu-guest-agent, runc, iptables, QEMU (7.2
+# and 10.0) and the host's CRIU prefix (its own glibc, so it runs on either).
+# An image is rebuilt only when this script, the CRIU prefix's version or the
+# kernel pins change (see $OUT/stamp); otherwise it exits at once.
+# hack/guest-boot.sh boots the Debian 12 one. Needs root (mmdebstrap
+# --mode=root, chroot).
 set -euo pipefail
 
 SELF=$(readlink -f "$0")
@@ -27,6 +34,24 @@ SIZE=3G
 setup_default() { sed -n "s/^$1=\${CKPT_$1:-\([^}]*\)}\$/\1/p" "$REPO/hack/setup.sh"; }
 KERNEL_61=${CKPT_KERNEL_61:-$(setup_default KERNEL_61)}
 KERNEL_612=${CKPT_KERNEL_612:-$(setup_default KERNEL_612)}
+
+# The flavour: which Debian, its kernels (packages installed in the
+# customize hook), and where the image goes.
+FLAVOR=debian12
+if [ "${1:-}" != --customize ] && [ -n "${1:-}" ]; then FLAVOR=$1; fi
+case $FLAVOR in
+debian12)
+	SUITE=bookworm OUT=$CACHE/guest
+	KERNELS="$KERNEL_61 $KERNEL_612/bookworm-backports"
+	;;
+debian13)
+	# trixie's own kernel (6.12), whatever its point release is today.
+	SUITE=trixie OUT=$CACHE/guest13
+	KERNELS=linux-image-amd64
+	;;
+*) echo "guest-image.sh: unknown flavour '$FLAVOR' (debian12 or debian13)" >&2; exit 2 ;;
+esac
+IMG_NAME=$FLAVOR.img
 
 # Packages installed by mmdebstrap itself; the kernels and kexec-tools follow
 # in the customize hook, once initramfs-tools is configured for them.
@@ -68,8 +93,9 @@ customize() {
 
 	# kexec-tools must not turn reboots into kexecs (the tests kexec on purpose).
 	echo 'kexec-tools kexec-tools/load_kexec boolean false' | chroot "$r" debconf-set-selections
-	log "installing $KERNEL_61, $KERNEL_612 (bookworm-backports), kexec-tools"
-	chroot "$r" apt-get install -y -q "$KERNEL_61" "$KERNEL_612/bookworm-backports" kexec-tools
+	log "installing $KERNELS, kexec-tools"
+	# shellcheck disable=SC2086 # a list of packages
+	chroot "$r" apt-get install -y -q $KERNELS kexec-tools
 
 	# CRIU: the host's private prefix and wrapper, at the same paths.
 	mkdir -p "$r$(dirname "$PREFIX")" "$r$(dirname "$WRAPPER")"
@@ -105,6 +131,25 @@ customize() {
 	printf 'blacklist %s\n' bochs cfg80211 parport_pc ppdev pcspkr iTCO_wdt i2c_i801 \
 		lpc_ich psmouse ahci sr_mod >"$r/etc/modprobe.d/ckpt-guest.conf"
 
+	if [ "$SUITE" = trixie ]; then
+		# The agent on every boot and after every soft-reboot: the stock
+		# unit is started by udev's SYSTEMD_WANTS when the port appears,
+		# which a soft-reboot does not do again (the agent never came back).
+		chroot "$r" systemctl mask -q qemu-guest-agent.service
+		cat >"$r/etc/systemd/system/ckpt-guest-agent.service" <<-'EOF'
+			[Unit]
+			Description=QEMU guest agent (every boot and soft-reboot)
+			After=systemd-udev-trigger.service
+			StartLimitIntervalSec=0
+			[Service]
+			ExecStart=/usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0
+			Restart=always
+			RestartSec=1
+			[Install]
+			WantedBy=multi-user.target
+		EOF
+		chroot "$r" systemctl enable -q ckpt-guest-agent.service
+	fi
 	chroot "$r" passwd -q -d root
 	chroot "$r" apt-get clean
 }
@@ -118,8 +163,8 @@ rm_tree() {
 	rm -rf --one-file-system "$1"
 }
 
-if [ "${1:-}" = --customize ]; then # ROOT KERNEL_61 KERNEL_612 PREFIX
-	KERNEL_61=$3 KERNEL_612=$4 PREFIX=$5
+if [ "${1:-}" = --customize ]; then # ROOT KERNELS PREFIX SUITE
+	KERNELS=$3 PREFIX=$4 SUITE=$5
 	customize "$2"
 	exit 0
 fi
@@ -128,18 +173,18 @@ fi
 want=$(
 	echo "script $(sha256sum "$SELF" | cut -d' ' -f1)"
 	echo "criu $("$WRAPPER" --version 2>/dev/null | head -1)"
-	echo "kernels $KERNEL_61 $KERNEL_612"
+	echo "kernels $KERNELS"
 )
-fresh() { [ -f "$OUT/debian12.img" ] && [ "$(cat "$OUT/stamp" 2>/dev/null)" = "$want" ]; }
+fresh() { [ -f "$OUT/$IMG_NAME" ] && [ "$(cat "$OUT/stamp" 2>/dev/null)" = "$want" ]; }
 if fresh; then exit 0; fi
 
 [ "$(id -u)" = 0 ] || { echo "guest-image.sh must run as root" >&2; exit 1; }
 "$WRAPPER" --version >/dev/null || { echo "guest-image.sh: no CRIU at $WRAPPER; run hack/setup.sh" >&2; exit 1; }
 mkdir -p "$CACHE"
-exec 9>"$CACHE/guest.lock"
+exec 9>"$CACHE/$FLAVOR.lock"
 flock 9 # one builder at a time; a waiter finds the image built
 if fresh; then exit 0; fi
-for d in "$CACHE"/guest.build.*; do rm_tree "$d"; done # leftovers of killed builds
+for d in "$CACHE"/"$FLAVOR".build.*; do rm_tree "$d"; done # leftovers of killed builds
 
 if ! command -v mmdebstrap >/dev/null; then
 	log "installing mmdebstrap"
@@ -147,13 +192,13 @@ if ! command -v mmdebstrap >/dev/null; then
 fi
 
 start=$(date +%s)
-TMP=$(mktemp -d "$CACHE/guest.build.XXXXXX")
+TMP=$(mktemp -d "$CACHE/$FLAVOR.build.XXXXXX")
 trap 'rm_tree "$TMP"' EXIT
 ROOT=$TMP/root
 NEW=$TMP/out
 mkdir -p "$NEW/boot"
 
-log "mmdebstrap bookworm into $ROOT"
+log "mmdebstrap $SUITE into $ROOT"
 # Documentation and translations are left out to keep the image small.
 mmdebstrap --mode=root --variant=apt \
 	--aptopt='APT::Install-Recommends "false"' \
@@ -168,30 +213,35 @@ mmdebstrap --mode=root --variant=apt \
 		IFS=,
 		echo "${PKGS[*]}"
 	)" \
-	--customize-hook="$(printf '%q ' "$SELF") --customize \"\$1\" $(printf '%q ' "$KERNEL_61" "$KERNEL_612" "$PREFIX")" \
-	bookworm "$ROOT" \
-	"deb $MIRROR bookworm main" \
-	"deb $MIRROR bookworm-updates main" \
-	"deb $SECURITY bookworm-security main" \
-	"deb $MIRROR bookworm-backports main"
+	--customize-hook="$(printf '%q ' "$SELF") --customize \"\$1\" $(printf '%q ' "$KERNELS" "$PREFIX" "$SUITE")" \
+	"$SUITE" "$ROOT" \
+	"deb $MIRROR $SUITE main" \
+	"deb $MIRROR $SUITE-updates main" \
+	"deb $SECURITY $SUITE-security main" \
+	"deb $MIRROR $SUITE-backports main"
 
 # mmdebstrap empties /etc/machine-id at the end. A fixed id keeps every boot of
 # the (overlaid, throwaway) image from being a systemd "first boot".
 echo 5a1c0d1e0c4b4e8f9a7d3c2b1a0f9e8d >"$ROOT/etc/machine-id"
 
 # Kernels and initrds for QEMU's direct boot, and their releases.
-rel61=${KERNEL_61#linux-image-}
-rel612=${KERNEL_612#linux-image-}
-for rel in "$rel61" "$rel612"; do
+if [ "$FLAVOR" = debian12 ]; then
+	rels="${KERNEL_61#linux-image-} ${KERNEL_612#linux-image-}"
+	printf 'KERNEL_61=%s\nKERNEL_612=%s\n' ${rels} >"$NEW/VERSIONS"
+else
+	rels=$(cd "$ROOT/boot" && ls vmlinuz-* | sed 's/^vmlinuz-//')
+	[ "$(echo "$rels" | wc -w)" = 1 ] || { echo "guest-image.sh: want one kernel in the image, found: $rels" >&2; exit 1; }
+	printf 'KERNEL=%s\n' "$rels" >"$NEW/VERSIONS"
+fi
+for rel in $rels; do
 	for f in vmlinuz initrd.img; do
 		[ -f "$ROOT/boot/$f-$rel" ] || { echo "guest-image.sh: no /boot/$f-$rel in the image" >&2; exit 1; }
 		cp "$ROOT/boot/$f-$rel" "$NEW/boot/"
 	done
 done
-printf 'KERNEL_61=%s\nKERNEL_612=%s\n' "$rel61" "$rel612" >"$NEW/VERSIONS"
 
 log "mkfs.ext4 -d ($SIZE, sparse)"
-mkfs.ext4 -q -F -L ckpt-root -d "$ROOT" "$NEW/debian12.img" "$SIZE"
+mkfs.ext4 -q -F -L ckpt-root -d "$ROOT" "$NEW/$IMG_NAME" "$SIZE"
 rm_tree "$ROOT"
 echo "$want" >"$NEW/stamp"
 
@@ -200,4 +250,4 @@ rm_tree "$OUT.old"
 if [ -e "$OUT" ]; then mv "$OUT" "$OUT.old"; fi
 mv "$NEW" "$OUT"
 rm_tree "$OUT.old"
-log "built $OUT/debian12.img ($(du -h "$OUT/debian12.img" | cut -f1) used) in $(($(date +%s) - start)) s"
+log "built $OUT/$IMG_NAME ($(du -h "$OUT/$IMG_NAME" | cut -f1) used) in $(($(date +%s) - start)) s"

@@ -10,7 +10,9 @@ export PATH=/usr/local/sbin:/usr/local/go/bin:$PATH
 ./hack/setup.sh
 # The Debian 12 system image the end-to-end update tests boot (built once,
 # cached under .cache/guest).
-./hack/guest-image.sh
+./hack/guest-image.sh debian12
+# The Debian 13 one (systemd 257) for the soft-reboot update.
+./hack/guest-image.sh debian13
 
 echo "== gofmt"
 bad=$(gofmt -l $(git ls-files '*.go'))

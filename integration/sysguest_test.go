@@ -65,21 +65,34 @@ const (
 	guestCmdline = "root=/dev/vda rw console=ttyS0 " + guestMemmap + " quiet"
 )
 
-// bootSysGuest boots the image on kernel (a release in the image's /boot)
-// and waits for its agent. ports are guest TCP ports to forward.
+// guestDisk is a cached system image and the directory of its kernels.
+type guestDisk struct{ img, boot, cmdline string }
+
+// bootSysGuest boots the Debian 12 image on kernel (a release in the
+// image's /boot) and waits for its agent. ports are guest TCP ports to
+// forward.
 func bootSysGuest(t *testing.T, kernel string, ports ...int) *sysGuest {
+	t.Helper()
+	img, v := guestImage(t)
+	d := guestDisk{img: img, boot: filepath.Join(cacheDir(), "guest", "boot"), cmdline: guestCmdline}
+	g := bootGuestDisk(t, d, kernel, ports...)
+	g.kernels = v
+	return g
+}
+
+// bootGuestDisk boots the image of d on kernel, on a throw-away overlay.
+func bootGuestDisk(t *testing.T, d guestDisk, kernel string, ports ...int) *sysGuest {
 	t.Helper()
 	requireRoot(t)
 	qemu := requireTool(t, qemu7)
 	requireTool(t, "qemu-img")
-	img, v := guestImage(t)
-	boot := filepath.Join(cacheDir(), "guest", "boot")
+	img, boot := d.img, d.boot
 	dir, err := os.MkdirTemp("", "ckg") // unix socket paths are short
 	if err != nil {
 		t.Fatal(err)
 	}
 	g := &sysGuest{t: t, dir: dir, Share: filepath.Join(dir, "share"), Console: filepath.Join(dir, "console.log"),
-		agent: qga{filepath.Join(dir, "qga.sock")}, Fwd: map[int]int{}, kernels: v}
+		agent: qga{filepath.Join(dir, "qga.sock")}, Fwd: map[int]int{}}
 	if err := os.MkdirAll(g.Share, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +109,7 @@ func bootSysGuest(t *testing.T, kernel string, ports ...int) *sysGuest {
 	args := []string{"-machine", "pc", "-m", guestMem, "-smp", "2", "-cpu", "max",
 		"-display", "none", "-monitor", "none", "-serial", "file:" + g.Console,
 		"-kernel", filepath.Join(boot, "vmlinuz-"+kernel), "-initrd", filepath.Join(boot, "initrd.img-"+kernel),
-		"-append", guestCmdline,
+		"-append", d.cmdline,
 		"-drive", "file=" + overlay + ",if=virtio,format=qcow2,cache=unsafe",
 		"-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
 		"-virtfs", "local,path=" + g.Share + ",mount_tag=hostshare,security_model=none,id=hs",

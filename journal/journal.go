@@ -122,3 +122,15 @@ func Lock() (unlock func(), err error) {
 	fmt.Fprintf(f, "%d", os.Getpid())
 	return func() { f.Truncate(0); f.Close() }, nil
 }
+
+// CommittedRegion is the region of the committed checkpoint that the
+// journal at path records ("" when it records none): the boot units resume
+// that one, whatever region they were configured with (a soft-reboot
+// update's is in /run, a kexec-less one's on disk).
+func CommittedRegion(path string) string {
+	j, err := Read(path)
+	if err != nil || j == nil || j.State != StateCommitted {
+		return ""
+	}
+	return j.Region
+}

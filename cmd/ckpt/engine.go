@@ -17,6 +17,7 @@ import (
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
 	"github.com/ckpt-dev/ckpt/fleetlock"
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/journal"
 	"github.com/ckpt-dev/ckpt/memregion"
 	"github.com/ckpt-dev/ckpt/restore"
 	"github.com/ckpt-dev/ckpt/update"
@@ -46,6 +47,9 @@ type engineFlags struct {
 	only        []string
 	metricsDir  string
 	configDir   string
+	// regionOptional: the library picks a region when none is given
+	// (ckpt update's soft-reboot path: checkpoint.SoftRebootRegion).
+	regionOptional bool
 }
 
 func (f *engineFlags) add(fs *pflag.FlagSet) {
@@ -111,7 +115,7 @@ func (f *engineFlags) applyConfig(cmd *cobra.Command) error {
 }
 
 func (f *engineFlags) needRegion() error {
-	if f.region == "" {
+	if f.region == "" && !f.regionOptional {
 		return usageError{errors.New("--region is required")}
 	}
 	return nil
@@ -311,6 +315,16 @@ the pids of process trees free. It restores nothing. Without a committed checkpo
 do nothing.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if early || ifCommitted {
+				// At boot: the checkpoint the journal says is committed,
+				// wherever the update put it.
+				if r := journal.CommittedRegion(f.journal); r != "" && r != f.region {
+					fmt.Fprintf(cmd.ErrOrStderr(), "the journal names the committed checkpoint in %s; resuming that one (not --region %s)\n", r, f.region)
+					if err := cmd.Flags().Set("region", r); err != nil {
+						return err
+					}
+				}
+			}
 			if early {
 				return runPrepare(cmd, g, &f)
 			}
@@ -434,7 +448,7 @@ func runResume(cmd *cobra.Command, g *globals, f *engineFlags, only, order []str
 				fmt.Fprintln(w, "gave back the fleet lock's reboot slot")
 			}
 			for _, r := range res.Failed {
-				fmt.Fprintf(w, "  FAILED %s: %s\n", r.Key, r.Error)
+				fmt.Fprintf(w, "  FAILED %s: %s\n", printable(r.Key), escape(r.Error, true))
 			}
 		})
 	}
@@ -487,7 +501,8 @@ func newStatusCommand(g *globals) *cobra.Command {
 			}
 			st := map[string]any{}
 			if f.region != "" {
-				if r, err := memregion.Open(f.region, memregion.Options{}); err != nil {
+				// Read-only: status changes nothing, and works on a write-protected device.
+				if r, err := memregion.Open(f.region, memregion.Options{ReadOnly: true}); err != nil {
 					st["region"] = err.Error()
 				} else {
 					sealed, _ := r.Sealed()

@@ -39,7 +39,8 @@ func main() {
 	if errors.As(err, &nd) {
 		os.Exit(exitNotDue) // ckpt update --check: nothing to do (printed already)
 	}
-	fmt.Fprintln(os.Stderr, "ckpt:", err)
+	// Errors may quote a region's bytes (workload names, object names).
+	fmt.Fprintln(os.Stderr, "ckpt:", escape(err.Error(), true))
 	var ue usageError
 	if errors.As(err, &ue) {
 		os.Exit(exitUsage)

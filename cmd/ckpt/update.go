@@ -83,6 +83,8 @@ func printPrecheck(w io.Writer, pc update.Precheck) {
 
 // runUpdate takes the precheck's path (checkpoint.RunUpdate).
 func runUpdate(cmd *cobra.Command, g *globals, f *engineFlags, pc update.Precheck, img kexec.Image, fleet *fleetlock.Config, preDump bool) error {
+	// A soft-reboot keeps /run: without a region, the update makes one there.
+	f.regionOptional = pc.Path == update.PathUserspace && pc.SoftReboot
 	ctx, cancel, opts, err := f.suspendOptions(cmd, g, suspendRequest{fleet: fleet, preDump: preDump})
 	if err != nil {
 		return err

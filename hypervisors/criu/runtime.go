@@ -153,7 +153,7 @@ func New(_ context.Context, cfg Config, log *slog.Logger) (*Runtime, error) {
 		return nil, fmt.Errorf("%w: criu %s does not answer: %v", hypervisors.ErrSkipBackend, criuPath, err)
 	}
 	if v < MinCRIU {
-		return nil, fmt.Errorf("%w: criu %d.%d.%d is older than 4.2 (see DESIGN.md)", hypervisors.ErrSkipBackend, v/10000, v/100%100, v%100)
+		return nil, fmt.Errorf("%w: criu %d.%d.%d is older than 4.2 (hack/setup.sh shows how to install 4.2.1 on Debian 12)", hypervisors.ErrSkipBackend, v/10000, v/100%100, v%100)
 	}
 	for _, d := range []string{cfg.WorkDir, cfg.LogDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
