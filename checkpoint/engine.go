@@ -33,6 +33,11 @@ type Options struct {
 	// Headroom is extra space the region must have beyond the workloads'
 	// memory (default 10 % + 64 MiB: images carry metadata).
 	Headroom int64
+	// GrowRegion, when set, is called by the plan when the region lacks
+	// room, with the bytes it must hold (workloads and headroom); the plan
+	// then checks again. ckpt update's soft-reboot path raises /run's
+	// size cap there.
+	GrowRegion func(need int64) error
 	// PreDump copies memory ahead of the freeze where backends can.
 	PreDump bool
 	// Only restricts the suspend to these workload keys ("backend/id").
@@ -197,7 +202,7 @@ func NewPlan(ctx context.Context, opts Options) (*Plan, error) {
 		p.RegionTotal, p.RegionFree, _ = r.Space()
 		if sealed, err := r.Sealed(); err != nil || sealed {
 			p.Problems = append(p.Problems, fmt.Sprintf("region %s holds a committed checkpoint: resume it (ckpt resume-all) or release it first", opts.Region))
-		} else if err := r.Fits(p.Bytes + p.headroom()); err != nil {
+		} else if err := p.fits(r); err != nil {
 			p.Problems = append(p.Problems, fmt.Sprintf("region %s: %v (workloads %s + headroom %s)", opts.Region, err,
 				memregion.HumanBytes(p.Bytes), memregion.HumanBytes(p.headroom())))
 		}
@@ -269,6 +274,21 @@ func claimedTwice(ws []Planned) []string {
 		by[pl.Workload.PID] = pl.Key
 	}
 	return out
+}
+
+// fits checks that the region has room for the workloads and the
+// headroom, after Options.GrowRegion made some where it is set.
+func (p *Plan) fits(r *memregion.Region) error {
+	need := p.Bytes + p.headroom()
+	err := r.Fits(need)
+	if err == nil || p.Options.GrowRegion == nil {
+		return err
+	}
+	if gerr := p.Options.GrowRegion(need); gerr != nil {
+		return fmt.Errorf("%w; making room failed: %w", err, gerr)
+	}
+	p.RegionTotal, p.RegionFree, _ = r.Space()
+	return r.Fits(need)
 }
 
 func (p *Plan) headroom() int64 {

@@ -12,6 +12,7 @@ import (
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
 	"github.com/ckpt-dev/ckpt/memregion"
 	"github.com/ckpt-dev/ckpt/update"
+	"golang.org/x/sys/unix"
 )
 
 // Handoff is what follows a committed suspend.
@@ -134,6 +135,9 @@ func RunUpdate(ctx context.Context, pc update.Precheck, img kexec.Image, opts Op
 				return nil, err
 			}
 		}
+		if s, err := memregion.Survives(opts.Region); err == nil && s.Medium == "tmpfs /run" {
+			opts.GrowRegion = growRun
+		}
 		opts.Attributes["update_target"] = pc.Facts.Running
 		h.Kexec, h.After = nil, func() error { return systemctl("soft-reboot") }
 		need, path = func(s memregion.Survival) bool { return s.SoftReboot }, "a soft-reboot"
@@ -167,6 +171,32 @@ func regionSurvives(region, path string, need func(memregion.Survival) bool) err
 		hint = "give a region in /run (the default: no --region), on a pmem device or on disk"
 	}
 	return fmt.Errorf("%w: %s (%s) does not survive %s: %s", ErrRegionLost, region, s.Medium, path, hint)
+}
+
+// growRun raises /run's size cap so that need bytes fit in it, within
+// the RAM available: a soft-reboot keeps /run and no other tmpfs (a tmpfs
+// mounted below /run is unmounted with the old userspace: seen on
+// systemd 257), and /run's cap (10 or 20 % of RAM) is less than most
+// hosts' workloads. The cap stays raised until the next boot; a tmpfs
+// takes only the memory of what it holds.
+func growRun(need int64) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/run", &st); err != nil {
+		return err
+	}
+	free, size := int64(st.Bavail)*st.Bsize, int64(st.Blocks)*st.Bsize
+	if free >= need {
+		return nil
+	}
+	more := need - free
+	if avail := memAvailable(); avail > 0 && more > avail*9/10 {
+		return fmt.Errorf("the region in /run needs %s more, and only %s of RAM is available: give a region on a pmem device or on disk", memregion.HumanBytes(more), memregion.HumanBytes(avail))
+	}
+	opt := fmt.Sprintf("remount,size=%dk", (size+more+1023)/1024)
+	if out, err := exec.Command("mount", "-o", opt, "/run").CombinedOutput(); err != nil {
+		return fmt.Errorf("mount -o %s /run: %w: %s", opt, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // formatIfNew formats a directory region at path unless one is there.

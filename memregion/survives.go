@@ -71,10 +71,10 @@ func survives(mountinfo io.Reader, abs string) (Survival, error) {
 	}
 	switch m.fstype {
 	case "tmpfs", "ramfs":
-		// /run is kept by systemd across a soft-reboot, other RAM
-		// filesystems are unmounted with the old userspace.
-		inRun := m.point == "/run" || strings.HasPrefix(m.point, "/run/")
-		return Survival{SoftReboot: inRun, Medium: m.fstype + " " + m.point}, nil
+		// /run is kept by systemd across a soft-reboot; other RAM
+		// filesystems, a tmpfs mounted below /run too, are unmounted with
+		// the old userspace (seen on Debian 13's systemd 257).
+		return Survival{SoftReboot: m.point == "/run", Medium: m.fstype + " " + m.point}, nil
 	}
 	if dev := strings.TrimPrefix(m.source, "/dev/"); dev != m.source && strings.HasPrefix(dev, "pmem") {
 		s := deviceSurvival(dev)

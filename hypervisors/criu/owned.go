@@ -3,7 +3,11 @@ package criu
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -81,3 +85,46 @@ func killTracers(pids func() []int) {
 		}
 	}
 }
+
+// callWrapper returns a one-call wrapper around the session wrapper at
+// swrk: it records the pid of the "criu swrk" that go-criu starts through
+// it (the wrapper execs setsid, which execs criu: one pid, the leader of
+// its own session), so that a cancelled call can kill that CRIU. pid says
+// 0 until CRIU has started, and always without a session wrapper (swrk is
+// criu itself). cleanup removes the files.
+func callWrapper(swrk string) (path string, pid func() int, cleanup func(), err error) {
+	none := func() int { return 0 }
+	if !strings.HasPrefix(filepath.Base(swrk), "criu-swrk-") {
+		return swrk, none, func() {}, nil
+	}
+	f, err := os.CreateTemp(filepath.Dir(swrk), "criu-call-")
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("criu call wrapper: %w", err)
+	}
+	pidPath := f.Name() + ".pid"
+	script := "#!/bin/sh\n# written by ckpt for one CRIU call: its pid, then criu swrk\necho $$ >" +
+		shQuote(pidPath) + "\nexec " + shQuote(swrk) + " \"$@\"\n"
+	_, err = f.WriteString(script)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o700)
+	}
+	cleanup = func() { os.Remove(f.Name()); os.Remove(pidPath) }
+	if err != nil {
+		cleanup()
+		return "", nil, nil, fmt.Errorf("criu call wrapper: %w", err)
+	}
+	pid = func() int {
+		b, err := os.ReadFile(pidPath)
+		if err != nil {
+			return 0
+		}
+		n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		return n
+	}
+	return f.Name(), pid, cleanup, nil
+}
+
+func shQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"github.com/ckpt-dev/ckpt/hypervisors"
 )
 
@@ -87,5 +88,45 @@ func TestRuntimeFailureIsNotGone(t *testing.T) {
 	}
 	if _, err := r.state(context.Background(), "gone"); !errors.Is(err, hypervisors.ErrNotFound) {
 		t.Fatalf("state of a container without state = %v; want ErrNotFound", err)
+	}
+}
+
+// TestCancelledSwrkIsKilledAfterGrace: a "criu swrk" that hangs (here a
+// fake one that never answers, and a child of its own) is killed with its
+// session once the grace is over, also for a restore, which names no pid
+// a tracer could be found by; the call then returns with the cancel.
+func TestCancelledSwrkIsKilledAfterGrace(t *testing.T) {
+	if _, err := exec.LookPath("setsid"); err != nil {
+		t.Skip("no setsid(1): criu swrk runs without a session wrapper, and only tracers are killed")
+	}
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "child")
+	fake := filepath.Join(dir, "criu")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\nsleep 600 & echo $! >"+pidFile+"\nwait\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w, err := sessionWrapper([]string{dir}, fake)
+	if err != nil || w == fake {
+		t.Fatalf("sessionWrapper = %q, %v", w, err)
+	}
+	r := &Runtime{cfg: Config{CancelGrace: 100 * time.Millisecond}, swrkPath: w}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	err = r.swrk(ctx, rpc.CriuReqType_RESTORE, filepath.Join(dir, "img"), filepath.Join(dir, "work"), &rpc.CriuOpts{}, &notifyPID{}, nil)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("swrk = %v; want the deadline", err)
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	for deadline := time.Now().Add(5 * time.Second); syscall.Kill(child, 0) == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the fake CRIU's child %d outlived the kill", child)
+		}
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "criu-call-*")); len(left) > 0 {
+		t.Fatalf("call wrappers left behind: %v", left)
 	}
 }

@@ -27,7 +27,6 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -200,8 +199,7 @@ func sessionWrapper(dirs []string, criu string) (string, error) {
 	if err != nil {
 		return criu, nil
 	}
-	quote := func(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
-	script := "#!/bin/sh\n# written by ckpt: criu swrk in a session of its own\nexec " + quote(setsid) + " " + quote(criu) + " \"$@\"\n"
+	script := "#!/bin/sh\n# written by ckpt: criu swrk in a session of its own\nexec " + shQuote(setsid) + " " + shQuote(criu) + " \"$@\"\n"
 	for _, dir := range dirs {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return "", fmt.Errorf("criu session wrapper: %w", err)

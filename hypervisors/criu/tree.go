@@ -410,8 +410,13 @@ func (r *Runtime) swrk(ctx context.Context, req rpc.CriuReqType, img, work strin
 	defer workF.Close()
 	opts.ImagesDirFd = proto.Int32(int32(imgF.Fd()))
 	opts.WorkDirFd = proto.Int32(int32(workF.Fd()))
+	path, swrkPid, cleanup, err := callWrapper(r.swrkPath)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
 	c := gocriu.MakeCriu()
-	c.SetCriuPath(r.swrkPath)
+	c.SetCriuPath(path)
 	done := make(chan error, 1)
 	go func() {
 		switch req {
@@ -423,7 +428,15 @@ func (r *Runtime) swrk(ctx context.Context, req rpc.CriuReqType, img, work strin
 			done <- fmt.Errorf("unsupported request %v", req)
 		}
 	}()
-	return awaitOwned(ctx, done, r.cfg.CancelGrace, func() { killTracers(pids) })
+	return awaitOwned(ctx, done, r.cfg.CancelGrace, func() {
+		// This call's CRIU and its session (a restore traces no pid
+		// known here), and any CRIU still tracing the tree.
+		if pid := swrkPid(); pid > 0 {
+			syscall.Kill(-pid, syscall.SIGKILL)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		killTracers(pids)
+	})
 }
 
 // criuErr wraps a go-criu error with CRIU's errno and log tail.
