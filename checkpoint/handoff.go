@@ -188,7 +188,9 @@ func growRun(need int64) error {
 	if free >= need {
 		return nil
 	}
-	more := need - free
+	// With slack: the region keeps some free for its own metadata, and
+	// others write to /run too.
+	more := need - free + 64<<20
 	if avail := memAvailable(); avail > 0 && more > avail*9/10 {
 		return fmt.Errorf("the region in /run needs %s more, and only %s of RAM is available: give a region on a pmem device or on disk", memregion.HumanBytes(more), memregion.HumanBytes(avail))
 	}

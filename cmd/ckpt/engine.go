@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -329,7 +330,11 @@ do nothing.`,
 				return runPrepare(cmd, g, &f)
 			}
 			if ifCommitted {
-				if committed, err := regionCommitted(f.region); err == nil && !committed {
+				// A normal boot: no checkpoint in the region, or no region
+				// at all (a host whose region is not reserved, or that
+				// updates by soft-reboot into /run) with nothing committed
+				// in the journal. A committed journal never gets here.
+				if committed, err := regionCommitted(f.region); err == nil && !committed || absent(f.region) && journal.CommittedRegion(f.journal) == "" {
 					fmt.Fprintln(cmd.OutOrStdout(), "no committed checkpoint: nothing to resume")
 					if err := giveStaleSlot(cmd.Context(), f.journal); err != nil {
 						return fmt.Errorf("the reboot slot of an earlier update is still held: %w", err)
@@ -382,9 +387,19 @@ func regionCommitted(path string) (bool, error) {
 	return r.Sealed()
 }
 
+// absent says that nothing is at path.
+func absent(path string) bool {
+	_, err := os.Lstat(path)
+	return errors.Is(err, os.ErrNotExist)
+}
+
 // waitRegion gives a region device that its driver is still probing at
-// boot (nd_pmem after modprobe) a few seconds to appear.
+// boot (nd_pmem after modprobe) a few seconds to appear. Files and
+// directories do not appear late.
 func waitRegion(ctx context.Context, path string) {
+	if !strings.HasPrefix(filepath.Clean(path), "/dev/") {
+		return
+	}
 	for i := 0; i < 100 && ctx.Err() == nil; i++ {
 		if _, err := os.Stat(path); err == nil {
 			return

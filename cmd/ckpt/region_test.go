@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -106,13 +107,27 @@ func TestRegionVerbsOnHostileRegions(t *testing.T) {
 	}
 	verbs := [][]string{
 		{"region", "inspect"}, {"--json", "region", "inspect"}, {"region", "verify"}, {"--json", "region", "verify"},
-		{"region", "selftest", "check"}, {"region", "format"}, {"region", "selftest", "write", "--objects", "1", "--size", "1K"},
+		{"region", "selftest", "check"},
+		// The engine verbs that read a region, with a journal, resume
+		// state, metrics and config of their own: the boot unit's
+		// resume-all first (nothing committed: nothing to do), then
+		// resume-all.
+		{"status", "--region", "{}"},
+		{"--json", "status", "--region", "{}"},
+		{"resume-all", "--if-committed", "--region", "{}"},
+		{"resume-all", "--region", "{}"},
+		{"region", "format"}, {"region", "selftest", "write", "--objects", "1", "--size", "1K"},
 		{"region", "release"}, {"region", "format", "--force"},
 	}
+	private := t.TempDir()
 	for _, h := range k.Regions {
 		t.Run(h.Class, func(t *testing.T) {
 			for _, v := range verbs {
-				args := append(append([]string(nil), v...), h.Path)
+				args := withRegion(v, h.Path)
+				if slices.Contains(v, "status") || v[0] == "resume-all" {
+					args = append(args, "--journal", filepath.Join(private, "journal.json"), "--resume-state", filepath.Join(private, "resumed.json"),
+						"--metrics-dir", private, "--config-dir", private)
+				}
 				var out string
 				err := memregiontest.Guard(10*time.Second, func() error {
 					var err error
@@ -125,7 +140,8 @@ func TestRegionVerbsOnHostileRegions(t *testing.T) {
 				}
 				verb := strings.Join(v, " ")
 				switch {
-				case strings.HasSuffix(verb, "inspect") && err == nil && !h.Empty && !h.ObjectsOnly,
+				case strings.HasPrefix(verb, "resume-all --region") && err == nil && !h.Empty && !h.ObjectsOnly,
+					strings.HasSuffix(verb, "inspect") && err == nil && !h.Empty && !h.ObjectsOnly,
 					strings.HasSuffix(verb, "verify") && err == nil,
 					verb == "region format" && err == nil && !h.Empty:
 					t.Errorf("ckpt %v succeeded on a hostile region:\n%s", v, out)
@@ -136,4 +152,20 @@ func TestRegionVerbsOnHostileRegions(t *testing.T) {
 	if err := k.CheckDecoys(); err != nil {
 		t.Fatalf("outside the regions:\n%v", err)
 	}
+}
+
+// withRegion puts path where v says "{}", or after v.
+func withRegion(v []string, path string) []string {
+	var args []string
+	found := false
+	for _, a := range v {
+		if a == "{}" {
+			a, found = path, true
+		}
+		args = append(args, a)
+	}
+	if !found {
+		args = append(args, path)
+	}
+	return args
 }
