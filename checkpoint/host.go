@@ -41,6 +41,15 @@ func HostWarnings(active []string) []string {
 	if unitEnabled("docker.service") && !slices.Contains(active, "docker") {
 		ws = append(ws, "docker.service is enabled but ckpt's docker backend is not active (is dockerd running?): ckpt does not suspend Docker's containers; the kexec ends them, and dockerd starts those with a restart policy afresh at boot")
 	}
+	// containerd's and podman's containers are claimed by their backends
+	// alone (the criu backend leaves them be): without those backends
+	// they are not suspended either.
+	if unitEnabled("containerd.service") && !slices.Contains(active, "containerd") {
+		ws = append(ws, "containerd.service is enabled but ckpt's containerd backend is not active (is containerd running?): ckpt does not suspend containerd's containers; the kexec ends them")
+	}
+	if !slices.Contains(active, "podman") && processRunning("conmon") {
+		ws = append(ws, "podman's containers run (conmon) but ckpt's podman backend is not active (is podman installed?): ckpt does not suspend them; the kexec ends them")
+	}
 	if unitEnabled("kubelet.service") {
 		ws = append(ws, "kubelet.service is enabled: it recreates pods at boot before resume-all; drain the node first (kubectl drain)")
 	}
@@ -54,6 +63,17 @@ func HostWarnings(active []string) []string {
 		}
 	}
 	return ws
+}
+
+// processRunning says whether a process of this name (comm) runs.
+func processRunning(comm string) bool {
+	ds, _ := os.ReadDir("/proc")
+	for _, d := range ds {
+		if b, err := os.ReadFile("/proc/" + d.Name() + "/comm"); err == nil && strings.TrimSpace(string(b)) == comm {
+			return true
+		}
+	}
+	return false
 }
 
 func unitEnabled(unit string) bool {

@@ -1,0 +1,20 @@
+package checkpoint
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestProcessRunning(t *testing.T) {
+	self, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		t.Skip("no /proc")
+	}
+	if comm := strings.TrimSpace(string(self)); !processRunning(comm) {
+		t.Errorf("processRunning(%q) = false for this very process", comm)
+	}
+	if processRunning("no-such-comm-xyz") {
+		t.Error("processRunning found a process that does not exist")
+	}
+}
