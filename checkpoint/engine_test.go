@@ -39,6 +39,8 @@ type fake struct {
 	// it records a rescue first; onRescue sees the journal at that point.
 	endsOnDump string
 	onRescue   func()
+	// onFreeze, when set, is called by Freeze before it freezes.
+	onFreeze func(w hypervisors.Workload)
 	// thawErr is what Thaw returns (a timeout, say) instead of thawing.
 	thawErr error
 	// dumpDelay makes every dump take this long (to observe concurrency).
@@ -99,6 +101,9 @@ func (f *fake) state(id string) string {
 }
 
 func (f *fake) Freeze(_ context.Context, w hypervisors.Workload) error {
+	if f.onFreeze != nil {
+		f.onFreeze(w)
+	}
 	if err := f.set(w.ID, "running", "frozen"); err != nil {
 		return err
 	}
@@ -624,6 +629,30 @@ func TestRollbackThawsEveryTriedFreeze(t *testing.T) {
 		if st := a.state(id); st != "running" {
 			t.Errorf("%s is %s after the rollback", id, st)
 		}
+	}
+}
+
+// TestFreezeIsJournalledBeforeItIsIssued: when a backend's Freeze is
+// called, the on-disk journal already lists that freeze (a ckpt killed
+// inside the call leaves a recover that thaws it).
+func TestFreezeIsJournalledBeforeItIsIssued(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := newFake("a", map[string]int64{"x": 1 << 20, "y": 1 << 20, "z": 1 << 20})
+	var mu sync.Mutex
+	var missing []string
+	a.onFreeze = func(w hypervisors.Workload) {
+		j, err := checkpoint.ReadJournal(e.journal)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil || j == nil || !j.MayHaveFrozen("a/"+w.ID) || j.Freezes == nil {
+			missing = append(missing, w.ID)
+		}
+	}
+	if _, err := suspend(t, context.Background(), e.opts(a)); err != nil {
+		t.Fatal(err)
+	}
+	if len(missing) > 0 {
+		t.Fatalf("Freeze was called before the journal listed it for %v", missing)
 	}
 }
 
