@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sort"
 	"strings"
@@ -130,10 +131,23 @@ func Load(ctx context.Context, configs map[string]map[string]any, log *slog.Logg
 			skipped[r.Name] = ierr
 			log.Info("backend skipped", "backend", r.Name, "reason", ierr)
 		case ierr != nil:
+			Close(backends) // those loaded already hold connections
 			return nil, nil, fmt.Errorf("backend %s: %w", r.Name, ierr)
 		default:
 			backends = append(backends, b)
 		}
 	}
 	return backends, skipped, nil
+}
+
+// Close closes the backends that hold something open (io.Closer: libvirt's,
+// containerd's and QEMU's connections), for a caller done with them.
+func Close(backends []Backend) error {
+	var errs []error
+	for _, b := range backends {
+		if c, ok := b.(io.Closer); ok {
+			errs = append(errs, c.Close())
+		}
+	}
+	return errors.Join(errs...)
 }

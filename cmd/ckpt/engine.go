@@ -96,7 +96,12 @@ func (f *engineFlags) start(cmd *cobra.Command, g *globals, needRegion bool) (co
 		cancel()
 		return nil, nil, nil, nil, err
 	}
-	return ctx, cancel, log, bs, nil
+	// The caller's cancel also closes the backends' connections.
+	done := func() {
+		hypervisors.Close(bs)
+		cancel()
+	}
+	return ctx, done, log, bs, nil
 }
 
 // applyConfig reads the config files: the top-level keys set the flags

@@ -104,6 +104,9 @@ type Backend struct {
 
 	mu    sync.Mutex
 	state map[string]*domainState // by domain name
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // domainState is what this process did to a domain between Freeze and
@@ -166,7 +169,11 @@ func New(_ context.Context, cfg Config, log *slog.Logger) (*Backend, error) {
 func (b *Backend) Name() string { return Name }
 
 // Close implements io.Closer: it ends the connection to libvirtd.
-func (b *Backend) Close() error { return b.l.Disconnect() }
+// It may be called more than once.
+func (b *Backend) Close() error {
+	b.closeOnce.Do(func() { b.closeErr = b.l.Disconnect() })
+	return b.closeErr
+}
 
 // Version is libvirt's version, e.g. "9.0.0".
 func (b *Backend) Version() string {
