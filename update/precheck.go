@@ -39,7 +39,11 @@ type Facts struct {
 	// host's livepatch tool says they cover what is pending: never guessed.
 	Livepatches     []string `json:"livepatches,omitempty"`
 	LivepatchCovers bool     `json:"livepatch_covers,omitempty"`
-	SystemdVersion  int      `json:"systemd_version,omitempty"`
+	// LivepatchEffective is the kernel version the livepatch tool says
+	// the running kernel is patched up to (Ksplice's uptrack-uname -r): a
+	// target of that version is covered. "" where no tool says.
+	LivepatchEffective string `json:"livepatch_effective_kernel,omitempty"`
+	SystemdVersion     int    `json:"systemd_version,omitempty"`
 	// KexecProblem is why kexec cannot work here ("" when it can).
 	KexecProblem string `json:"kexec_problem,omitempty"`
 }
@@ -64,8 +68,12 @@ func (p Precheck) Due() bool { return p.Path != PathNone && p.Path != PathLivepa
 func Check(f Facts, target Kernel) Precheck {
 	p := Precheck{Facts: f, Target: target}
 	switch {
-	case target.Version != f.Running && f.LivepatchCovers:
-		p.Path, p.Reason = PathLivepatched, fmt.Sprintf("%s is pending, and the livepatch tool reports the running %s patched for it (%s)", target.Version, f.Running, strings.Join(f.Livepatches, ", "))
+	case target.Version != f.Running && (f.LivepatchCovers || f.LivepatchEffective == target.Version):
+		by := strings.Join(f.Livepatches, ", ")
+		if f.LivepatchEffective == target.Version {
+			by = "effective kernel " + f.LivepatchEffective
+		}
+		p.Path, p.Reason = PathLivepatched, fmt.Sprintf("%s is pending, and the livepatch tool reports the running %s patched for it (%s)", target.Version, f.Running, by)
 		p.Steps = []string{"No action required"}
 	case target.Version != f.Running && f.KexecProblem == "":
 		p.Path, p.Reason = PathKexec, fmt.Sprintf("a new kernel: %s is running, the bootloader's default is %s (%s)", f.Running, target.Version, target.Source)
@@ -113,11 +121,24 @@ func HostFacts(root string) Facts {
 			f.Livepatches = append(f.Livepatches, filepath.Base(filepath.Dir(p)))
 		}
 	}
+	f.LivepatchEffective = livepatchEffective()
 	f.SystemdVersion = systemdVersion()
 	if err := kexec.Check(); err != nil {
 		f.KexecProblem = err.Error()
 	}
 	return f
+}
+
+// livepatchEffective asks Ksplice's uptrack-uname, the one livepatch tool
+// that says which kernel version the running one is patched up to
+// (kpatch and canonical-livepatch list patches, not the version they
+// bring: those prove nothing about a pending kernel). "" without it.
+func livepatchEffective() string {
+	out, err := exec.Command("uptrack-uname", "-r").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // RunningKernel is uname -r.

@@ -23,6 +23,8 @@ func TestCheckPaths(t *testing.T) {
 		{"nothing", Facts{Running: "6.1.0-56-amd64", SystemdVersion: 252}, k61, PathNone, false, false, "No action required"},
 		{"new kernel", Facts{Running: "6.1.0-56-amd64"}, k612, PathKexec, false, true, "GRUB_DEFAULT=0"},
 		{"livepatched", Facts{Running: "6.1.0-56-amd64", Livepatches: []string{"kpatch_cve"}, LivepatchCovers: true}, k612, PathLivepatched, false, false, "kpatch_cve"},
+		{"ksplice's effective kernel is the target", Facts{Running: "6.1.0-56-amd64", LivepatchEffective: "6.12.95+deb12-amd64"}, k612, PathLivepatched, false, false, "effective kernel 6.12.95"},
+		{"ksplice's effective kernel is older", Facts{Running: "6.1.0-56-amd64", LivepatchEffective: "6.1.0-57-amd64"}, k612, PathKexec, false, true, "a new kernel"},
 		{"live patches alone prove nothing", Facts{Running: "6.1.0-56-amd64", Livepatches: []string{"kpatch_cve"}}, k612, PathKexec, false, true, "a new kernel"},
 		{"no kexec", Facts{Running: "6.1.0-56-amd64", KexecProblem: "kexec_load_disabled"}, k612, PathReboot, false, true, "kexec_load_disabled"},
 		{"userspace, systemd 257", Facts{Running: "6.1.0-56-amd64", RebootRequired: true, RebootPackages: []string{"libc6"}, SystemdVersion: 257}, k61, PathUserspace, true, true, "libc6"},
