@@ -279,15 +279,7 @@ func TestKernelUpdate(t *testing.T) {
 	t.Parallel()
 	_, v := guestImage(t)
 	g := bootSysGuest(t, v.K61, e2eCtrPort, e2eTreePort)
-	stageE2E(t, g)
-	g.MustSh(5*time.Minute, "sh -x /mnt/host/e2e-install.sh")
-	g.MustSh(5*time.Minute, "sh /mnt/host/e2e-start.sh")
-	s := &e2eSuite{t: t, g: g, treeAddr: fmt.Sprintf("127.0.0.1:%d", g.Fwd[e2eTreePort])}
-	// Filling 256 MiB under TCG takes a while.
-	s.client = dialLineClient(t, fmt.Sprintf("127.0.0.1:%d", g.Fwd[e2eCtrPort]), 5*time.Minute)
-	if a, err := s.client.Ask("sum"); err != nil || !strings.HasPrefix(a, "sum OK") {
-		t.Fatalf("container before the update: %q, %v", a, err)
-	}
+	s := startE2E(t, g, "sh -x /mnt/host/e2e-install.sh")
 	s.update(v.K612, "6.1 → 6.12")
 	s.updateVerb(v.K612, "6.12 → 6.12 by ckpt update (a restart asked for)")
 	s.partial(v.K61)
@@ -299,6 +291,22 @@ func TestKernelUpdate(t *testing.T) {
 	t.Logf("a kernel update with ckpt vs a plain reboot (TCG guest):\n"+
 		"| update | container's blackout, seen by its client | freeze → committed and ended | → kexec, boot, resume-all starts | restore | container freeze → restored | service | VM |\n"+
 		"|---|---|---|---|---|---|---|---|\n%s", strings.Join(s.table, "\n"))
+}
+
+// startE2E installs ckpt in the guest with the install script, starts
+// the workloads, and connects the container's client on the test host.
+func startE2E(t *testing.T, g *sysGuest, install string) *e2eSuite {
+	t.Helper()
+	stageE2E(t, g)
+	g.MustSh(5*time.Minute, install)
+	g.MustSh(5*time.Minute, "sh /mnt/host/e2e-start.sh")
+	s := &e2eSuite{t: t, g: g, treeAddr: fmt.Sprintf("127.0.0.1:%d", g.Fwd[e2eTreePort])}
+	// Filling 256 MiB under TCG takes a while.
+	s.client = dialLineClient(t, fmt.Sprintf("127.0.0.1:%d", g.Fwd[e2eCtrPort]), 5*time.Minute)
+	if a, err := s.client.Ask("sum"); err != nil || !strings.HasPrefix(a, "sum OK") {
+		t.Fatalf("container before the update: %q, %v", a, err)
+	}
+	return s
 }
 
 // update runs one kernel update into kernel and checks every workload.

@@ -48,16 +48,7 @@ func TestCancelledToolIsKilledAfterGrace(t *testing.T) {
 	if took := time.Since(start); took < 500*time.Millisecond {
 		t.Fatalf("killed after %s, before the grace", took)
 	}
-	b, err := os.ReadFile(pidFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	child, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	for deadline := time.Now().Add(5 * time.Second); syscall.Kill(child, 0) == nil; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the tool's child %d outlived the kill", child)
-		}
-	}
+	waitKilled(t, pidFile, "the tool's child")
 }
 
 // TestRuntimeFailureIsNotGone: only a container runc has no state for is
@@ -116,17 +107,24 @@ func TestCancelledSwrkIsKilledAfterGrace(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("swrk = %v; want the deadline", err)
 	}
+	waitKilled(t, pidFile, "the fake CRIU's child")
+	if left, _ := filepath.Glob(filepath.Join(dir, "criu-call-*")); len(left) > 0 {
+		t.Fatalf("call wrappers left behind: %v", left)
+	}
+}
+
+// waitKilled waits for the process whose pid is in pidFile to be gone,
+// and fails the test if it outlives the kill by seconds.
+func waitKilled(t *testing.T, pidFile, what string) {
+	t.Helper()
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	child, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	for deadline := time.Now().Add(5 * time.Second); syscall.Kill(child, 0) == nil; time.Sleep(10 * time.Millisecond) {
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	for deadline := time.Now().Add(5 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("the fake CRIU's child %d outlived the kill", child)
+			t.Fatalf("%s %d outlived the kill", what, pid)
 		}
-	}
-	if left, _ := filepath.Glob(filepath.Join(dir, "criu-call-*")); len(left) > 0 {
-		t.Fatalf("call wrappers left behind: %v", left)
 	}
 }
