@@ -307,6 +307,64 @@ type Result struct {
 	Bandwidth   []Bandwidth        `json:"memcpy_bandwidth,omitempty"` // how Concurrency was chosen
 	GBps        float64            `json:"dump_gbps"`
 	Phases      map[string]float64 `json:"phases_s"`
+	// PeakExtraRAM is the most memory the dump took beyond the region
+	// (MemAvailable's drop from before the dump, less what the region
+	// itself grew where it is RAM, a tmpfs): staging, tools' buffers,
+	// page cache. Sampled every MemSampleInterval.
+	PeakExtraRAM int64 `json:"peak_extra_ram"`
+}
+
+// MemSampleInterval is how often the dump samples MemAvailable.
+var MemSampleInterval = 20 * time.Millisecond
+
+// watchMemory samples, until stop, how much memory the host uses beyond
+// what it used at the start, less what the region grew where it is RAM;
+// stop returns the peak.
+func watchMemory(r *memregion.Region, path string) (stop func() int64) {
+	inRAM := false
+	if sv, err := memregion.Survives(path); err == nil {
+		inRAM = strings.HasPrefix(sv.Medium, "tmpfs ") || strings.HasPrefix(sv.Medium, "ramfs ")
+	}
+	grown := func() int64 {
+		if !inRAM {
+			return 0
+		}
+		if r.Kind() == memregion.KindRaw {
+			return r.Streamed()
+		}
+		_, free, _ := r.Space()
+		return -free
+	}
+	base, base0 := memAvailable(), grown()
+	if base == 0 {
+		return func() int64 { return 0 }
+	}
+	var peak int64
+	sample := func() {
+		if a := memAvailable(); a > 0 {
+			peak = max(peak, base-a-(grown()-base0))
+		}
+	}
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(MemSampleInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				sample()
+			}
+		}
+	}()
+	return func() int64 {
+		close(done)
+		<-exited
+		sample()
+		return peak
+	}
 }
 
 // WorkloadResult is one workload's suspend.

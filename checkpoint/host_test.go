@@ -2,8 +2,12 @@ package checkpoint
 
 import (
 	"os"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/ckpt-dev/ckpt/memregion"
 )
 
 func TestProcessRunning(t *testing.T) {
@@ -16,5 +20,50 @@ func TestProcessRunning(t *testing.T) {
 	}
 	if processRunning("no-such-comm-xyz") {
 		t.Error("processRunning found a process that does not exist")
+	}
+}
+
+// TestWatchMemory: memory taken during the watch counts; what the region
+// grows by, where it is RAM (a tmpfs), does not.
+func TestWatchMemory(t *testing.T) {
+	dir, err := os.MkdirTemp("/dev/shm", "ckpt-mem-")
+	if err != nil {
+		t.Skip("no /dev/shm")
+	}
+	defer os.RemoveAll(dir)
+	path := dir + "/region"
+	if err := memregion.Format(path, memregion.FormatOptions{Kind: memregion.KindDir}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := memregion.Open(path, memregion.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	const n = 256 << 20
+	// Staging: anonymous memory, touched.
+	stop := watchMemory(r, path)
+	buf := make([]byte, n)
+	for i := 0; i < n; i += 4096 {
+		buf[i] = 1
+	}
+	time.Sleep(3 * MemSampleInterval)
+	staged := stop()
+	runtime.KeepAlive(buf)
+	buf = nil
+	runtime.GC()
+	// Into the region: its own pages, not extra.
+	stop = watchMemory(r, path)
+	if err := os.WriteFile(path+"/objects/blob", make([]byte, n), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * MemSampleInterval)
+	region := stop()
+	t.Logf("peak extra RAM: %s staging %s, %s writing them into the region", memregion.HumanBytes(staged), memregion.HumanBytes(n), memregion.HumanBytes(region))
+	if staged < n/2 {
+		t.Errorf("staging %d bytes counted %d", n, staged)
+	}
+	if region > n/2 {
+		t.Errorf("writing %d bytes into a RAM region counted %d extra", n, region)
 	}
 }

@@ -329,8 +329,10 @@ func (s *suspendRun) thawAll(ctx context.Context) []error {
 func (s *suspendRun) dumpAll(ctx context.Context) error {
 	start := time.Now()
 	stopProgress := watchProgress(s.r, s.p.Bytes, s.opts)
+	stopMemory := watchMemory(s.r, s.opts.Region)
 	err := s.dumpParallel(ctx)
 	stopProgress()
+	s.res.PeakExtraRAM = stopMemory()
 	var de *dumpError
 	switch {
 	case errors.As(err, &de):

@@ -90,9 +90,9 @@ uses a directory region on /dev/shm.`,
 					best = max(best, m.GBps)
 				}
 				fmt.Fprintf(w, "%d workloads, %s\n", rep.Workloads, memregion.HumanBytes(rep.Ours.Bytes))
-				fmt.Fprintf(w, "ckpt (%d at once)   %6.2f GB/s  dump %.2fs\n", rep.Ours.Concurrency, rep.Ours.GBps, rep.Ours.Phases["dump"])
-				fmt.Fprintf(w, "one at a time      %6.2f GB/s  dump %.2fs\n", rep.Sequential.GBps, rep.Sequential.Phases["dump"])
-				fmt.Fprintf(w, "backend defaults   %6.2f GB/s  dump %.2fs  (one at a time, QEMU's own bandwidth limit)\n", rep.Defaults.GBps, rep.Defaults.Phases["dump"])
+				fmt.Fprintf(w, "ckpt (%d at once)   %6.2f GB/s  dump %.2fs  %s\n", rep.Ours.Concurrency, rep.Ours.GBps, rep.Ours.Phases["dump"], extraRAM(rep.Ours))
+				fmt.Fprintf(w, "one at a time      %6.2f GB/s  dump %.2fs  %s\n", rep.Sequential.GBps, rep.Sequential.Phases["dump"], extraRAM(rep.Sequential))
+				fmt.Fprintf(w, "backend defaults   %6.2f GB/s  dump %.2fs  %s  (one at a time, QEMU's own bandwidth limit)\n", rep.Defaults.GBps, rep.Defaults.Phases["dump"], extraRAM(rep.Defaults))
 				fmt.Fprintf(w, "memcpy (best of 1-4 copiers) %6.2f GB/s\n", best)
 				if best > 0 {
 					fmt.Fprintf(w, "ckpt reaches %.0f %% of memcpy, %.2fx one at a time, %.2fx backend defaults\n", 100*rep.Ours.GBps/best,
@@ -103,4 +103,13 @@ uses a directory region on /dev/shm.`,
 	}
 	f.add(c.Flags())
 	return c
+}
+
+// extraRAM says how much memory a dump took beyond the region.
+func extraRAM(r *checkpoint.Result) string {
+	pct := 0.0
+	if r.Bytes > 0 {
+		pct = 100 * float64(r.PeakExtraRAM) / float64(r.Bytes)
+	}
+	return fmt.Sprintf("peak extra RAM %s (%.1f %% of the bytes)", memregion.HumanBytes(r.PeakExtraRAM), pct)
 }

@@ -204,8 +204,8 @@ func (g *globals) handoff(cmd *cobra.Command, f *engineFlags, h checkpoint.Hando
 	h.MetricsDir = f.metricsDir
 	h.OnCommit = func(res *checkpoint.Result) {
 		g.print(cmd.OutOrStdout(), res, func(w io.Writer) {
-			fmt.Fprintf(w, "committed %d workloads, %s, at %.2f GB/s with %d at once\n", len(res.Workloads),
-				memregion.HumanBytes(res.Bytes), res.GBps, res.Concurrency)
+			fmt.Fprintf(w, "committed %d workloads, %s, at %.2f GB/s with %d at once; %s\n", len(res.Workloads),
+				memregion.HumanBytes(res.Bytes), res.GBps, res.Concurrency, extraRAM(res))
 			for _, wr := range res.Workloads {
 				fmt.Fprintf(w, "  %-40s %10s  frozen %.2fs  dump %.2fs\n", wr.Key, memregion.HumanBytes(wr.Bytes), wr.FrozenS, wr.DumpS)
 			}

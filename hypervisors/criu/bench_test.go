@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/checkpoint-restore/go-criu/v7/stats"
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/hypervisors/criu"
 	"github.com/ckpt-dev/ckpt/internal/testenv"
@@ -79,6 +80,7 @@ func BenchmarkDumpRestore(b *testing.B) {
 				}
 				restoreT += time.Since(start)
 				b.StopTimer()
+				st.addRestore(hypervisors.RegionSource{Region: r, Manifest: m, Prefix: w.ID})
 				memcpyT += testenv.MemcpyTime(m.TotalBytes())
 				_ = c
 				b.StartTimer()
@@ -147,6 +149,30 @@ type criuStats struct {
 	frozen, memdump, memwrite float64 // seconds
 	pages                     float64
 	criuWall, store           float64
+	// CRIU's restore statistics (stats-restore in the images).
+	nr                         int
+	forking, restore, restored float64
+}
+
+// addRestore reads CRIU's stats-restore from the images of src.
+func (s *criuStats) addRestore(src hypervisors.RegionSource) {
+	d, err := src.Dir("images")
+	if err != nil {
+		return
+	}
+	f, err := os.Open(d)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	rs, err := stats.CriuGetRestoreStats(f)
+	if err != nil {
+		return
+	}
+	s.nr++
+	s.forking += float64(rs.GetForkingTime()) / 1e6
+	s.restore += float64(rs.GetRestoreTime()) / 1e6
+	s.restored += float64(rs.GetPagesRestored())
 }
 
 func (s *criuStats) add(rec json.RawMessage) {
@@ -176,4 +202,10 @@ func (s *criuStats) report(b *testing.B) {
 	b.ReportMetric(s.pages/n, "criu-pages")
 	b.ReportMetric(s.criuWall/n*1e3, "runc-checkpoint-ms")
 	b.ReportMetric(s.store/n*1e3, "store-ms")
+	if s.nr > 0 {
+		nr := float64(s.nr)
+		b.ReportMetric(s.forking/nr*1e3, "criu-forking-ms")
+		b.ReportMetric(s.restore/nr*1e3, "criu-restore-ms")
+		b.ReportMetric(s.restored/nr, "criu-pages-restored")
+	}
 }
