@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/checkpoint-restore/go-criu/v7/stats"
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/hypervisors/criu"
 	"github.com/ckpt-dev/ckpt/internal/testenv"
@@ -80,7 +79,7 @@ func BenchmarkDumpRestore(b *testing.B) {
 				}
 				restoreT += time.Since(start)
 				b.StopTimer()
-				st.addRestore(hypervisors.RegionSource{Region: r, Manifest: m, Prefix: w.ID})
+				st.addRestore(be, w.ID)
 				memcpyT += testenv.MemcpyTime(m.TotalBytes())
 				_ = c
 				b.StartTimer()
@@ -149,30 +148,9 @@ type criuStats struct {
 	frozen, memdump, memwrite float64 // seconds
 	pages                     float64
 	criuWall, store           float64
-	// CRIU's restore statistics (stats-restore in the images).
-	nr                         int
-	forking, restore, restored float64
-}
-
-// addRestore reads CRIU's stats-restore from the images of src.
-func (s *criuStats) addRestore(src hypervisors.RegionSource) {
-	d, err := src.Dir("images")
-	if err != nil {
-		return
-	}
-	f, err := os.Open(d)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	rs, err := stats.CriuGetRestoreStats(f)
-	if err != nil {
-		return
-	}
-	s.nr++
-	s.forking += float64(rs.GetForkingTime()) / 1e6
-	s.restore += float64(rs.GetRestoreTime()) / 1e6
-	s.restored += float64(rs.GetPagesRestored())
+	// CRIU's restore statistics (Runtime.LastRestore).
+	nr                                      int
+	forking, restore, restored, restoreWall float64
 }
 
 func (s *criuStats) add(rec json.RawMessage) {
@@ -191,6 +169,19 @@ func (s *criuStats) add(rec json.RawMessage) {
 	s.store += float64(r.Stats.StoreMicros) / 1e6
 }
 
+// addRestore adds CRIU's account of the last restore of id.
+func (s *criuStats) addRestore(be *criu.Runtime, id string) {
+	rs := be.LastRestore(id)
+	if rs == nil {
+		return
+	}
+	s.nr++
+	s.forking += float64(rs.ForkingMicros) / 1e6
+	s.restore += float64(rs.RestoreMicros) / 1e6
+	s.restored += float64(rs.PagesRestored)
+	s.restoreWall += float64(rs.WallMicros) / 1e6
+}
+
 func (s *criuStats) report(b *testing.B) {
 	if s.n == 0 {
 		return
@@ -207,5 +198,6 @@ func (s *criuStats) report(b *testing.B) {
 		b.ReportMetric(s.forking/nr*1e3, "criu-forking-ms")
 		b.ReportMetric(s.restore/nr*1e3, "criu-restore-ms")
 		b.ReportMetric(s.restored/nr, "criu-pages-restored")
+		b.ReportMetric(s.restoreWall/nr*1e3, "runc-restore-ms")
 	}
 }

@@ -42,6 +42,42 @@ type DumpStats struct {
 	StoreMicros    int64  `json:"store_us"` // wall time of streaming images into the region
 }
 
+// RestoreStats are CRIU's own account of a restore (stats-restore, which
+// CRIU writes into its work directory), next to ckpt's wall time.
+type RestoreStats struct {
+	ForkingMicros uint32 `json:"forking_us"`
+	RestoreMicros uint32 `json:"restore_us"`
+	PagesRestored uint64 `json:"pages_restored"`
+	WallMicros    int64  `json:"wall_us"` // the whole restore call (runc restore, or criu swrk)
+}
+
+// LastRestore is CRIU's account of the last restore of workload id by
+// this Runtime (nil before one, or where CRIU wrote none).
+func (r *Runtime) LastRestore(id string) *RestoreStats {
+	if v, ok := r.restores.Load(id); ok {
+		return v.(*RestoreStats)
+	}
+	return nil
+}
+
+// noteRestore reads stats-restore from CRIU's work directory, keeps it
+// for LastRestore and logs it.
+func (r *Runtime) noteRestore(id, work string, wall time.Duration) {
+	f, err := os.Open(work)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	st, err := stats.CriuGetRestoreStats(f)
+	if err != nil {
+		return
+	}
+	rs := &RestoreStats{ForkingMicros: st.GetForkingTime(), RestoreMicros: st.GetRestoreTime(), PagesRestored: st.GetPagesRestored(), WallMicros: wall.Microseconds()}
+	r.restores.Store(id, rs)
+	r.log.Info("restored", "workload", id, "criu_forking", time.Duration(rs.ForkingMicros)*time.Microsecond,
+		"criu_restore", time.Duration(rs.RestoreMicros)*time.Microsecond, "pages", rs.PagesRestored, "wall", wall.Round(time.Millisecond))
+}
+
 const imagePrefix = "images/"
 
 // Dump checkpoints a frozen container and writes the images into dst.

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
 )
@@ -73,11 +74,13 @@ func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec r
 	cmd := exec.Command(r.cfg.Runc, append(args, rec.ID)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr, cmd.Env = nil, logf, logf, env
 	restoring := hypervisors.CRIURestoring()
+	start := time.Now()
 	err = runOwned(ctx, cmd, r.cfg.CancelGrace, nil)
 	restoring()
 	if err != nil {
 		return newCRIUError("restore", w.ID, filepath.Join(work, "restore.log"), err)
 	}
+	r.noteRestore(w.ID, work, time.Since(start))
 	return lockConnections(ctx, rec.Locks, false)
 }
 

@@ -97,6 +97,7 @@ type Runtime struct {
 	swrkPath    string   // criu in a session of its own (sessionWrapper)
 	pre         predumps // pre-dumps the next Dump builds on, by workload
 	ended       endedSet // containers their Dump ended (TCP connections)
+	restores    sync.Map // workload ID → *RestoreStats of its last restore
 	stagingOnce sync.Once
 }
 

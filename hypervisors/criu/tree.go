@@ -344,11 +344,13 @@ func (r *Runtime) restoreTreeFrom(ctx context.Context, w hypervisors.Workload, r
 	}
 	var pid notifyPID
 	restoring := hypervisors.CRIURestoring()
+	start := time.Now()
 	err = r.swrk(ctx, rpc.CriuReqType_RESTORE, img, work, opts, &pid, nil)
 	restoring()
 	if err != nil {
 		return criuErr("restore", w.ID, work, "restore.log", err)
 	}
+	r.noteRestore(w.ID, work, time.Since(start))
 	r.log.Debug("restored process tree", "workload", w.ID, "pid", int(pid.pid))
 	return lockConnections(ctx, rec.Locks, false)
 }
