@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ckpt-dev/ckpt/internal/testenv"
 	"github.com/ckpt-dev/ckpt/memregion"
 )
 
@@ -26,20 +27,11 @@ func TestProcessRunning(t *testing.T) {
 // TestWatchMemory: memory taken during the watch counts; what the region
 // grows by, where it is RAM (a tmpfs), does not.
 func TestWatchMemory(t *testing.T) {
-	dir, err := os.MkdirTemp("/dev/shm", "ckpt-mem-")
-	if err != nil {
+	if _, err := os.Stat("/dev/shm"); err != nil {
 		t.Skip("no /dev/shm")
 	}
-	defer os.RemoveAll(dir)
-	path := dir + "/region"
-	if err := memregion.Format(path, memregion.FormatOptions{Kind: memregion.KindDir}); err != nil {
-		t.Fatal(err)
-	}
-	r, err := memregion.Open(path, memregion.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r := testenv.Region(t, "/dev/shm", memregion.KindDir, 0)
+	path := r.Path()
 	const n = 256 << 20
 	// Staging: anonymous memory, touched.
 	stop := watchMemory(r, path)
