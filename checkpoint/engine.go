@@ -3,6 +3,7 @@ package checkpoint
 import (
 	"context"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"log/slog"
 	"os"
 	"runtime"
@@ -325,15 +326,14 @@ func watchMemory(r *memregion.Region, path string) (stop func() int64) {
 	if sv, err := memregion.Survives(path); err == nil {
 		inRAM = strings.HasPrefix(sv.Medium, "tmpfs ") || strings.HasPrefix(sv.Medium, "ramfs ")
 	}
+	// What the filesystem holding a RAM region uses (a raw file there was
+	// allocated up front, and takes no more as it is written).
 	grown := func() int64 {
-		if !inRAM {
+		var st unix.Statfs_t
+		if !inRAM || unix.Statfs(path, &st) != nil {
 			return 0
 		}
-		if r.Kind() == memregion.KindRaw {
-			return r.Streamed()
-		}
-		_, free, _ := r.Space()
-		return -free
+		return int64(st.Blocks-st.Bfree) * st.Bsize
 	}
 	base, base0 := memAvailable(), grown()
 	if base == 0 {

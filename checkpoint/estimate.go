@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
 	"github.com/ckpt-dev/ckpt/internal/atomicfile"
+	"github.com/ckpt-dev/ckpt/memregion"
 )
 
 // lastRun is the throughput of the last suspend (or dry run, as ckpt bench
@@ -85,7 +85,9 @@ func (p *Plan) checkKexec() {
 	if mode := kexec.Lockdown(); mode != "" && mode != "none" {
 		p.Warnings = append(p.Warnings, fmt.Sprintf("kernel lockdown (%s): kexec loads only a kernel signed with a key this kernel trusts (Debian's signed linux-image packages are); if the load is refused, %s", mode, kexec.Fallback))
 	}
-	if strings.HasPrefix(p.Options.Region, "/dev/pmem") {
+	// A region in reserved RAM (a pmem device, or a filesystem on one)
+	// is there after the kexec only if the next command line reserves it.
+	if sv, err := memregion.Survives(p.Options.Region); err == nil && sv.KeepCmdline == "memmap=" {
 		if _, ok := kexec.Param(img.Cmdline, "memmap"); !ok {
 			p.Problems = append(p.Problems, fmt.Sprintf("the next kernel's command line has no memmap=: region %s would not be reserved after the kexec and its contents would be lost", p.Options.Region))
 		}

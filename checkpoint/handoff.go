@@ -185,15 +185,17 @@ func growRun(need int64) error {
 		return err
 	}
 	free, size := int64(st.Bavail)*st.Bsize, int64(st.Blocks)*st.Bsize
-	if free >= need {
-		return nil
-	}
 	// With slack: the region keeps some free for its own metadata, and
 	// others write to /run too.
-	more := need - free + 64<<20
-	if avail := memAvailable(); avail > 0 && more > avail*9/10 {
-		return fmt.Errorf("the region in /run needs %s more, and only %s of RAM is available: give a region on a pmem device or on disk", memregion.HumanBytes(more), memregion.HumanBytes(avail))
+	const slack = 64 << 20
+	if free >= need+slack {
+		return nil
 	}
+	// The region will take need bytes of RAM, whatever the cap says.
+	if avail := memAvailable(); avail > 0 && need > avail*9/10 {
+		return fmt.Errorf("the region in /run would take %s of RAM, and only %s is available: give a region on a pmem device or on disk", memregion.HumanBytes(need), memregion.HumanBytes(avail))
+	}
+	more := need + slack - free
 	opt := fmt.Sprintf("remount,size=%dk", (size+more+1023)/1024)
 	if out, err := exec.Command("mount", "-o", opt, "/run").CombinedOutput(); err != nil {
 		return fmt.Errorf("mount -o %s /run: %w: %s", opt, err, strings.TrimSpace(string(out)))

@@ -47,7 +47,7 @@ func HostWarnings(active []string) []string {
 	if unitEnabled("containerd.service") && !slices.Contains(active, "containerd") {
 		ws = append(ws, "containerd.service is enabled but ckpt's containerd backend is not active (is containerd running?): ckpt does not suspend containerd's containers; the kexec ends them")
 	}
-	if !slices.Contains(active, "podman") && processRunning("conmon") {
+	if !slices.Contains(active, "podman") && processRunning("conmon", "libpod") {
 		ws = append(ws, "podman's containers run (conmon) but ckpt's podman backend is not active (is podman installed?): ckpt does not suspend them; the kexec ends them")
 	}
 	if unitEnabled("kubelet.service") {
@@ -65,11 +65,17 @@ func HostWarnings(active []string) []string {
 	return ws
 }
 
-// processRunning says whether a process of this name (comm) runs.
-func processRunning(comm string) bool {
+// processRunning says whether a process of this name (comm) runs whose
+// command line holds arg ("": any): podman's conmon names libpod's
+// paths, CRI-O's does not.
+func processRunning(comm, arg string) bool {
 	ds, _ := os.ReadDir("/proc")
 	for _, d := range ds {
-		if b, err := os.ReadFile("/proc/" + d.Name() + "/comm"); err == nil && strings.TrimSpace(string(b)) == comm {
+		b, err := os.ReadFile("/proc/" + d.Name() + "/comm")
+		if err != nil || strings.TrimSpace(string(b)) != comm {
+			continue
+		}
+		if cl, err := os.ReadFile("/proc/" + d.Name() + "/cmdline"); err == nil && strings.Contains(string(cl), arg) {
 			return true
 		}
 	}

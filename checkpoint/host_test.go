@@ -16,10 +16,11 @@ func TestProcessRunning(t *testing.T) {
 	if err != nil {
 		t.Skip("no /proc")
 	}
-	if comm := strings.TrimSpace(string(self)); !processRunning(comm) {
+	comm := strings.TrimSpace(string(self))
+	if !processRunning(comm, "") || !processRunning(comm, "-test.") {
 		t.Errorf("processRunning(%q) = false for this very process", comm)
 	}
-	if processRunning("no-such-comm-xyz") {
+	if processRunning(comm, "no-such-argument-xyz") || processRunning("no-such-comm-xyz", "") {
 		t.Error("processRunning found a process that does not exist")
 	}
 }

@@ -124,13 +124,14 @@ func Lock() (unlock func(), err error) {
 }
 
 // CommittedRegion is the region of the committed checkpoint that the
-// journal at path records ("" when it records none): the boot units resume
-// that one, whatever region they were configured with (a soft-reboot
-// update's is in /run, a kexec-less one's on disk).
-func CommittedRegion(path string) string {
+// journal at path records ("" when it records none, or there is no
+// journal): the boot units resume that one, whatever region they were
+// configured with (a soft-reboot update's is in /run, a kexec-less one's
+// on disk). A journal that cannot be read is an error, never "none".
+func CommittedRegion(path string) (string, error) {
 	j, err := Read(path)
 	if err != nil || j == nil || j.State != StateCommitted {
-		return ""
+		return "", err
 	}
-	return j.Region
+	return j.Region, nil
 }

@@ -43,9 +43,16 @@ func Survives(path string) (Survival, error) {
 		return Survival{}, err
 	}
 	// A region's device node: what the block device is, not /dev's tmpfs.
-	// One that is not there (yet): its name is all there is.
+	// One that is not there (yet): its name is all there is. A link
+	// (a udev alias) is named by what it points at.
 	st, err := os.Stat(abs)
-	if (err == nil && st.Mode()&os.ModeDevice != 0) || (err != nil && filepath.Dir(abs) == "/dev") {
+	if err == nil && st.Mode()&os.ModeDevice != 0 {
+		if real, err := filepath.EvalSymlinks(abs); err == nil {
+			abs = real
+		}
+		return deviceSurvival(filepath.Base(abs)), nil
+	}
+	if err != nil && filepath.Dir(abs) == "/dev" {
 		return deviceSurvival(filepath.Base(abs)), nil
 	}
 	for {
@@ -88,8 +95,12 @@ func survives(mountinfo io.Reader, abs string) (Survival, error) {
 // device from memmap= is RAM the next kernel keeps only when its command
 // line reserves it again; a disk outlives everything.
 func deviceSurvival(name string) Survival {
-	if strings.HasPrefix(name, "pmem") {
+	switch {
+	case strings.HasPrefix(name, "pmem"), strings.HasPrefix(name, "dax"):
 		return Survival{SoftReboot: true, Kexec: true, KeepCmdline: "memmap=", Medium: "pmem device " + name}
+	case strings.HasPrefix(name, "ram"), strings.HasPrefix(name, "zram"), strings.HasPrefix(name, "loop"):
+		// RAM (or a file somewhere unknown): only the running kernel keeps it.
+		return Survival{SoftReboot: true, Medium: "RAM device " + name}
 	}
 	return Survival{SoftReboot: true, Kexec: true, Reboot: true, Medium: "block device " + name}
 }

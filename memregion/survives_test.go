@@ -1,6 +1,7 @@
 package memregion
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
@@ -52,6 +53,22 @@ func TestSurvivesDevice(t *testing.T) {
 	}
 	if s := deviceSurvival("vdb"); !s.SoftReboot || !s.Kexec || !s.Reboot {
 		t.Errorf("vdb: %+v", s)
+	}
+	for _, name := range []string{"ram0", "zram0", "loop3"} {
+		if s := deviceSurvival(name); !s.SoftReboot || s.Kexec || s.Reboot {
+			t.Errorf("%s: %+v; want only a soft-reboot survived", name, s)
+		}
+	}
+}
+
+// A link to a device (a udev alias) is what it points at.
+func TestSurvivesDeviceLink(t *testing.T) {
+	link := t.TempDir() + "/region"
+	if err := os.Symlink("/dev/null", link); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := Survives(link); err != nil || s.Medium != "RAM device null" && s.Medium != "block device null" {
+		t.Fatalf("Survives(link to /dev/null) = %+v, %v; want it named null", s, err)
 	}
 }
 

@@ -68,7 +68,7 @@ func (p Precheck) Due() bool { return p.Path != PathNone && p.Path != PathLivepa
 func Check(f Facts, target Kernel) Precheck {
 	p := Precheck{Facts: f, Target: target}
 	switch {
-	case target.Version != f.Running && (f.LivepatchCovers || f.LivepatchEffective == target.Version):
+	case target.Version != f.Running && (f.LivepatchCovers || f.LivepatchEffective != "" && f.LivepatchEffective == target.Version):
 		by := strings.Join(f.Livepatches, ", ")
 		if f.LivepatchEffective == target.Version {
 			by = "effective kernel " + f.LivepatchEffective

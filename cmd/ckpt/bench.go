@@ -80,6 +80,7 @@ uses a directory region on /dev/shm.`,
 			if err != nil {
 				return err
 			}
+			defer hypervisors.Close(stock)
 			if rep.Defaults, err = run(1, stock); err != nil {
 				return err
 			}

@@ -51,6 +51,7 @@ type engineFlags struct {
 	// regionOptional: the library picks a region when none is given
 	// (ckpt update's soft-reboot path: checkpoint.SoftRebootRegion).
 	regionOptional bool
+	configured     bool // applyConfig ran
 }
 
 func (f *engineFlags) add(fs *pflag.FlagSet) {
@@ -107,6 +108,10 @@ func (f *engineFlags) start(cmd *cobra.Command, g *globals, needRegion bool) (co
 // applyConfig reads the config files: the top-level keys set the flags
 // the command line did not, the backends' tables go to the backends.
 func (f *engineFlags) applyConfig(cmd *cobra.Command) error {
+	if f.configured {
+		return nil // once: slice flags would take a config list twice
+	}
+	f.configured = true
 	cfg, err := loadConfig(f.configDir)
 	if err == nil {
 		cfg, err = f.backend.setTables(cfg)
@@ -322,30 +327,26 @@ do nothing.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if early || ifCommitted {
-				// At boot: the checkpoint the journal says is committed,
-				// wherever the update put it.
-				if r := journal.CommittedRegion(f.journal); r != "" && r != f.region {
-					fmt.Fprintf(cmd.ErrOrStderr(), "the journal names the committed checkpoint in %s; resuming that one (not --region %s)\n", r, f.region)
-					if err := cmd.Flags().Set("region", r); err != nil {
-						return err
-					}
+				nothing, err := bootRegion(cmd, &f)
+				if err != nil {
+					return err
 				}
-			}
-			if early {
-				return runPrepare(cmd, g, &f)
-			}
-			if ifCommitted {
-				// A normal boot: no checkpoint in the region, or no region
-				// at all (a host whose region is not reserved, or that
-				// updates by soft-reboot into /run) with nothing committed
-				// in the journal. A committed journal never gets here.
-				if committed, err := regionCommitted(f.region); err == nil && !committed || absent(f.region) && journal.CommittedRegion(f.journal) == "" {
+				if nothing && early {
+					fmt.Fprintln(cmd.OutOrStdout(), "no committed checkpoint: nothing to prepare")
+					return nil
+				}
+				if nothing {
 					fmt.Fprintln(cmd.OutOrStdout(), "no committed checkpoint: nothing to resume")
+					// The network is up (ckpt-resume.service): a crashed
+					// update's reboot slot goes back.
 					if err := giveStaleSlot(cmd.Context(), f.journal); err != nil {
 						return fmt.Errorf("the reboot slot of an earlier update is still held: %w", err)
 					}
 					return nil
 				}
+			}
+			if early {
+				return runPrepare(cmd, g, &f)
 			}
 			return runResume(cmd, g, &f, f.only, order, keep)
 		},
@@ -390,6 +391,37 @@ func regionCommitted(path string) (bool, error) {
 	}
 	defer r.Close()
 	return r.Sealed()
+}
+
+// bootRegion picks the region the boot units resume: the one the
+// committed journal names, wherever the update put it (a soft-reboot's
+// in /run, a kexec-less one's on disk), else --region. It says nothing is
+// to be done when that region holds no committed checkpoint, or is not
+// there at all with nothing committed in the journal (a host whose region
+// is not reserved): a normal boot. A committed checkpoint whose region is
+// gone is an error that says so.
+func bootRegion(cmd *cobra.Command, f *engineFlags) (nothing bool, err error) {
+	if err := f.applyConfig(cmd); err != nil {
+		return false, err
+	}
+	committed, err := journal.CommittedRegion(f.journal)
+	if err != nil {
+		return false, fmt.Errorf("the journal: %w (a committed checkpoint may be recorded there; fix or remove it)", err)
+	}
+	if committed != "" && committed != f.region {
+		fmt.Fprintf(cmd.ErrOrStderr(), "the journal names the committed checkpoint in %s; resuming that one (not --region %s)\n", committed, f.region)
+		if err := cmd.Flags().Set("region", committed); err != nil {
+			return false, err
+		}
+	}
+	if committed == "" && absent(f.region) {
+		return true, nil
+	}
+	if committed != "" && !strings.HasPrefix(filepath.Clean(committed), "/dev/") && absent(committed) {
+		return false, fmt.Errorf("the journal (%s) records a committed checkpoint in %s, which is gone: that region did not survive this boot, and the workloads it held are lost. Start them afresh, then remove %s", f.journal, committed, f.journal)
+	}
+	sealed, err := regionCommitted(f.region)
+	return err == nil && !sealed, nil
 }
 
 // absent says that nothing is at path.

@@ -218,3 +218,46 @@ func TestFleetLockConfig(t *testing.T) {
 		t.Fatal("a fleet lock without --fleet-lock")
 	}
 }
+
+// TestBootUnitsFindTheCommittedRegion: the boot units' resume-all takes
+// the region the committed journal names (a soft-reboot's in /run), does
+// nothing on a host with no region and nothing committed, and fails
+// loudly when the journal cannot be read or its region is gone.
+func TestBootUnitsFindTheCommittedRegion(t *testing.T) {
+	d := t.TempDir()
+	j := filepath.Join(d, "journal.json")
+	common := []string{"--journal", j, "--resume-state", filepath.Join(d, "resumed.json"), "--metrics-dir", d, "--config-dir", d,
+		"--region", "/dev/ckpt-test-no-such-pmem"}
+	boot := func(verb string) (string, error) {
+		return run(t, append([]string{"resume-all", verb}, common...)...)
+	}
+	for _, verb := range []string{"--early", "--if-committed"} {
+		if out, err := boot(verb); err != nil || !strings.Contains(out, "nothing to") {
+			t.Errorf("resume-all %s without region or journal: %v\n%s", verb, err, out)
+		}
+	}
+	region := filepath.Join(d, "run-region")
+	if out, err := run(t, "region", "format", region); err != nil {
+		t.Fatalf("region format: %v\n%s", err, out)
+	}
+	write := func(body string) {
+		if err := os.WriteFile(j, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"state":"committed","region":"` + region + `"}`)
+	out, err := boot("--if-committed")
+	if err != nil || !strings.Contains(out, "resuming that one") || !strings.Contains(out, "nothing to resume") {
+		t.Errorf("resume-all --if-committed with the journal naming %s (unsealed): %v\n%s", region, err, out)
+	}
+	write(`{"state":"committed","region":"` + filepath.Join(d, "gone") + `"}`)
+	if out, err := boot("--if-committed"); err == nil || !strings.Contains(err.Error(), "is gone") {
+		t.Errorf("resume-all with the committed region gone: %v\n%s", err, out)
+	}
+	write(`not json`)
+	for _, verb := range []string{"--early", "--if-committed"} {
+		if out, err := boot(verb); err == nil || !strings.Contains(err.Error(), "journal") {
+			t.Errorf("resume-all %s with an unreadable journal: %v\n%s", verb, err, out)
+		}
+	}
+}

@@ -63,6 +63,14 @@ func (r *Runtime) LastRestore(id string) *RestoreStats {
 // noteRestore reads stats-restore from CRIU's work directory, keeps it
 // for LastRestore and logs it.
 func (r *Runtime) noteRestore(id, work string, wall time.Duration) {
+	r.restores.Delete(id)
+	// go-criu slices the file without checking its length: a short one
+	// (a full work directory) must not take the restore down.
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.Warn("CRIU's restore statistics are unreadable", "workload", id, "err", p)
+		}
+	}()
 	f, err := os.Open(work)
 	if err != nil {
 		return
