@@ -321,34 +321,40 @@ var MemSampleInterval = 20 * time.Millisecond
 // watchMemory samples, until stop, how much memory the host uses beyond
 // what it used at the start, less what the region grew where it is RAM;
 // stop returns the peak.
-func watchMemory(r *memregion.Region, path string) (stop func() int64) {
+func watchMemory(path string) (stop func() int64) {
 	inRAM := false
 	if sv, err := memregion.Survives(path); err == nil {
 		inRAM = strings.HasPrefix(sv.Medium, "tmpfs ") || strings.HasPrefix(sv.Medium, "ramfs ")
 	}
 	// What the filesystem holding a RAM region uses (a raw file there was
 	// allocated up front, and takes no more as it is written).
-	grown := func() int64 {
+	used := func() int64 {
 		var st unix.Statfs_t
 		if !inRAM || unix.Statfs(path, &st) != nil {
 			return 0
 		}
 		return int64(st.Blocks-st.Bfree) * st.Bsize
 	}
-	base, base0 := memAvailable(), grown()
+	return watchMem(memAvailable, used, MemSampleInterval)
+}
+
+// watchMem samples avail and regionUsed every interval until stop, which
+// returns the peak of (avail's drop − regionUsed's growth) since the start.
+func watchMem(avail, regionUsed func() int64, interval time.Duration) (stop func() int64) {
+	base, base0 := avail(), regionUsed()
 	if base == 0 {
 		return func() int64 { return 0 }
 	}
 	var peak int64
 	sample := func() {
-		if a := memAvailable(); a > 0 {
-			peak = max(peak, base-a-(grown()-base0))
+		if a := avail(); a > 0 {
+			peak = max(peak, base-a-(regionUsed()-base0))
 		}
 	}
 	done, exited := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(exited)
-		t := time.NewTicker(MemSampleInterval)
+		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
 			select {

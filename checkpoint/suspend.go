@@ -329,7 +329,7 @@ func (s *suspendRun) thawAll(ctx context.Context) []error {
 func (s *suspendRun) dumpAll(ctx context.Context) error {
 	start := time.Now()
 	stopProgress := watchProgress(s.r, s.p.Bytes, s.opts)
-	stopMemory := watchMemory(s.r, s.opts.Region)
+	stopMemory := watchMemory(s.opts.Region)
 	err := s.dumpParallel(ctx)
 	stopProgress()
 	s.res.PeakExtraRAM = stopMemory()

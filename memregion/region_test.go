@@ -464,7 +464,10 @@ func TestDiscardAllDropsAKilledWritersObjects(t *testing.T) {
 				t.Fatalf("objects left after DiscardAll: %v %v", ents, err)
 			}
 		}
-		if _, free, _ := r2.Space(); free < free0 {
+		// A raw region's free space is its own; a directory region's is
+		// its filesystem's, which other writers move (the listing above
+		// is the check there).
+		if _, free, _ := r2.Space(); r2.Kind() == KindRaw && free < free0 {
 			t.Fatalf("free space %d after DiscardAll, %d before the write", free, free0)
 		}
 		writeObject(t, r2, "b", []byte("kept"), 4)
