@@ -437,21 +437,13 @@ func escapeName(s string) string {
 const ProgressInterval = 500 * time.Millisecond
 
 // watchProgress emits a "progress" event every ProgressInterval with the
-// bytes written into the region since the dump began, until the returned
-// stop is called: on a dir region the filesystem's growth (backends write
-// files there directly), on a raw one the bytes streamed (space there is
-// reserved ahead of the writes).
+// bytes written into the region since the dump began (Region.Written),
+// until the returned stop is called.
 func watchProgress(r *memregion.Region, total int64, opts Options) (stop func()) {
 	if opts.Events == nil {
 		return func() {}
 	}
-	written := func() (int64, error) {
-		_, free, err := r.Space()
-		return -free, err
-	}
-	if r.Kind() == memregion.KindRaw {
-		written = func() (int64, error) { return r.Streamed(), nil }
-	}
+	written := r.Written
 	base, err := written()
 	if err != nil {
 		return func() {}

@@ -57,7 +57,7 @@ IMG_NAME=$FLAVOR.img
 # in the customize hook, once initramfs-tools is configured for them.
 PKGS=(systemd systemd-sysv udev dbus kmod initramfs-tools qemu-guest-agent
 	iptables runc procps iproute2 util-linux e2fsprogs qemu-system-x86
-	busybox tar gzip zstd ca-certificates)
+	busybox tar gzip zstd ca-certificates ndctl)
 
 # Units useless in a throwaway test guest that cost boot time under TCG
 # (systemd-sysusers: the users exist since package installation; kexec-load:

@@ -17,8 +17,20 @@ var ErrNoDirectAccess = errors.New("region: objects are not files")
 // DirectFiles says whether programs can write objects in place as files
 // (ObjectDir works), without touching the region: what a plan asks.
 func (r *Region) DirectFiles() bool {
-	_, ok := r.st.(*dirStore)
+	_, ok := r.files()
 	return ok
+}
+
+// files is the dir store behind a region whose objects are files: a dir
+// region, or the filesystem of an fs region.
+func (r *Region) files() (*dirStore, bool) {
+	switch s := r.st.(type) {
+	case *dirStore:
+		return s, true
+	case *fsStore:
+		return s.dirStore, true
+	}
+	return nil, false
 }
 
 // ObjectDir returns a directory inside a dir region where a program (CRIU)
@@ -29,7 +41,7 @@ func (r *Region) DirectFiles() bool {
 // by path, so the region must be writable by root alone (Format makes it
 // 0700). Files left unadopted are the caller's to remove.
 func (r *Region) ObjectDir(prefix string) (string, error) {
-	d, ok := r.st.(*dirStore)
+	d, ok := r.files()
 	if !ok {
 		return "", ErrNoDirectAccess
 	}
@@ -54,7 +66,7 @@ func (r *Region) ObjectDir(prefix string) (string, error) {
 // reading it once for its checksum. It refuses a symlink, or anything but
 // a regular file (*UnsafeError), without blocking.
 func (r *Region) Adopt(name string) error {
-	d, ok := r.st.(*dirStore)
+	d, ok := r.files()
 	if !ok {
 		return ErrNoDirectAccess
 	}
@@ -107,7 +119,7 @@ func hashFile(root int, rel string) (ObjectInfo, error) {
 // a directory that is a symlink or holds anything but regular files and
 // directories, since the program will follow what it finds there.
 func (r *Region) CommittedDir(prefix string) (string, error) {
-	d, ok := r.st.(*dirStore)
+	d, ok := r.files()
 	if !ok {
 		return "", ErrNoDirectAccess
 	}

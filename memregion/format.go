@@ -27,7 +27,7 @@ func Format(path string, opts FormatOptions) error {
 	if kind == "" {
 		kind = detectKind(path)
 	}
-	if kind != KindDir && kind != KindRaw {
+	if kind != KindDir && kind != KindRaw && kind != KindFS {
 		return fmt.Errorf("format %s: unknown region kind %q", path, kind)
 	}
 	if !opts.Force {
@@ -36,10 +36,15 @@ func Format(path string, opts FormatOptions) error {
 		}
 	}
 	var err error
-	if kind == KindDir {
+	switch kind {
+	case KindDir:
 		err = formatDir(path, opts.Force)
-	} else {
-		err = formatRaw(path, opts.Size)
+	case KindFS:
+		err = formatFS(path)
+	default:
+		if err = unmountFS(path); err == nil {
+			err = formatRaw(path, opts.Size)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("format %s: %w", path, err)
@@ -59,6 +64,9 @@ func refuseExisting(path string) error {
 	}
 	if st.IsDir() {
 		return sniffDir(path)
+	}
+	if st.Mode()&fs.ModeDevice != 0 && isFSLayout(path) {
+		return sniffFS(path)
 	}
 	return sniffRaw(path)
 }

@@ -11,11 +11,13 @@ import (
 const (
 	KindDir = "dir" // a directory: tmpfs, /run (soft-reboot), or a disk
 	KindRaw = "raw" // the raw layout on a block device (/dev/pmemN) or a file
+	KindFS  = "fs"  // a filesystem ckpt makes on a block device, DAX on pmem (fs.go)
 )
 
 // FormatOptions configure Format.
 type FormatOptions struct {
-	// Kind is KindDir or KindRaw; empty picks raw for block devices and
+	// Kind is KindDir, KindRaw or KindFS; empty keeps the layout a block
+	// device has (fs or raw), else picks raw for block devices and
 	// existing regular files, dir otherwise.
 	Kind string
 	// Size creates a raw region file of this size when the file is new.
@@ -33,6 +35,8 @@ func Open(path string, opts Options) (*Region, error) {
 	switch detectKind(path) {
 	case KindDir:
 		st, err = openDir(path)
+	case KindFS:
+		st, err = openFS(path)
 	default:
 		st, err = openRaw(path, opts.ReadOnly)
 	}
@@ -55,6 +59,9 @@ func detectKind(path string) string {
 	}
 	if st.IsDir() {
 		return KindDir
+	}
+	if st.Mode()&os.ModeDevice != 0 && isFSLayout(path) {
+		return KindFS
 	}
 	return KindRaw
 }

@@ -87,7 +87,20 @@ type Region struct {
 // their writers bypass the region).
 func (r *Region) Streamed() int64 { return r.streamed.Load() }
 
-// Kind is "dir" or "raw".
+// Written is a count of the bytes written into the region, to follow a
+// dump by its growth: where programs write objects as files, what the
+// filesystem uses (files written in place grow it); in the raw layout,
+// whose space is reserved ahead of the writes, the bytes streamed.
+func (r *Region) Written() (int64, error) {
+	if _, ok := r.files(); ok {
+		total, free, err := r.Space()
+		return total - free, err
+	}
+	return r.Streamed(), nil
+}
+
+// Kind is KindDir, KindRaw or KindFS, for people: what a region can do
+// is asked of it (DirectFiles, Written, Survives), not of its kind.
 func (r *Region) Kind() string { return r.st.kind() }
 
 // Path is where the region lives.

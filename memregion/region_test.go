@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,9 +18,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// kinds runs a test against every region kind, each on a fresh region.
+// kinds runs a test against every region kind, each on a fresh region
+// (the fs layout on a loop device, where the host lets root make one).
 func kinds(t *testing.T, size int64, fn func(t *testing.T, path string)) {
-	for _, kind := range []string{KindDir, KindRaw} {
+	for _, kind := range []string{KindDir, KindRaw, KindFS} {
 		t.Run(kind, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "region")
 			if kind == KindDir && size > 0 {
@@ -27,6 +29,9 @@ func kinds(t *testing.T, size int64, fn func(t *testing.T, path string)) {
 			}
 			if size == 0 {
 				size = 256 * MiB
+			}
+			if kind == KindFS {
+				path = loopDevice(t, max(size, 64*MiB))
 			}
 			if err := Format(path, FormatOptions{Kind: kind, Size: size}); err != nil {
 				t.Fatal(err)
@@ -48,6 +53,37 @@ func smallTmpfs(t *testing.T, size int64) string {
 	}
 	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
 	return filepath.Join(dir, "region")
+}
+
+// loopDevice attaches a new file of size bytes to a loop device, for the
+// fs layout; the test's end unmounts and detaches it.
+func loopDevice(t *testing.T, size int64) string {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skip("a loop device needs root")
+	}
+	for _, tool := range []string{"losetup", "mkfs.ext4"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("the fs layout's test needs %s (util-linux, e2fsprogs)", tool)
+		}
+	}
+	file := filepath.Join(t.TempDir(), "fs.img")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(file, size); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", file).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		unix.Unmount(fsMountPoint(dev), unix.MNT_DETACH)
+		exec.Command("losetup", "-d", dev).Run()
+	})
+	return dev
 }
 
 func mustOpen(t *testing.T, path string) *Region {
@@ -200,12 +236,21 @@ func corruptObjectByte(t *testing.T, r *Region, name string, off int64) {
 	}
 	o, _ := m.Object(name)
 	file, at := "", off
-	if r.Kind() == KindDir {
-		file = filepath.Join(r.Path(), objectsDir, name)
+	if root, ok := filesRoot(r); ok {
+		file = filepath.Join(root, objectsDir, name)
 	} else {
 		file, at = r.Path(), o.Extents[0].Off+off
 	}
 	flipByte(t, file, at)
+}
+
+// filesRoot is the directory holding a dir or fs region's files.
+func filesRoot(r *Region) (string, bool) {
+	d, ok := r.files()
+	if !ok {
+		return "", false
+	}
+	return d.dir, true
 }
 
 func flipByte(t *testing.T, file string, at int64) {
@@ -281,8 +326,8 @@ func TestVerifyMissingAndTruncatedObjects(t *testing.T) {
 func TestManifestDamageIsRefused(t *testing.T) {
 	cases := map[string]func(t *testing.T, path string, r *Region){
 		"truncated": func(t *testing.T, path string, r *Region) {
-			if r.Kind() == KindDir {
-				p := filepath.Join(path, manifestFile)
+			if root, ok := filesRoot(r); ok {
+				p := filepath.Join(root, manifestFile)
 				st, _ := os.Stat(p)
 				os.Truncate(p, st.Size()-10)
 				return
@@ -293,8 +338,8 @@ func TestManifestDamageIsRefused(t *testing.T) {
 			f.WriteAt(make([]byte, 10), int64(sb.ManifestOff+sb.ManifestLen-10))
 		},
 		"flipped": func(t *testing.T, path string, r *Region) {
-			if r.Kind() == KindDir {
-				flipByte(t, filepath.Join(path, manifestFile), 40)
+			if root, ok := filesRoot(r); ok {
+				flipByte(t, filepath.Join(root, manifestFile), 40)
 				return
 			}
 			flipByte(t, path, int64(r.st.(*rawStore).sb.ManifestOff)+40)
@@ -451,16 +496,17 @@ func TestDiscardAllDropsAKilledWritersObjects(t *testing.T) {
 		if err := r2.Discard(); err != nil {
 			t.Fatal(err)
 		}
-		if r2.Kind() == KindDir {
-			if ents, _ := os.ReadDir(filepath.Join(path, objectsDir, "w")); len(ents) == 0 {
+		root, files := filesRoot(r2)
+		if files {
+			if ents, _ := os.ReadDir(filepath.Join(root, objectsDir, "w")); len(ents) == 0 {
 				t.Fatalf("the killed writer's object is not there to discard: the test is wrong")
 			}
 		}
 		if err := r2.DiscardAll(); err != nil {
 			t.Fatal(err)
 		}
-		if r2.Kind() == KindDir {
-			if ents, err := os.ReadDir(filepath.Join(path, objectsDir)); err != nil || len(ents) != 0 {
+		if files {
+			if ents, err := os.ReadDir(filepath.Join(root, objectsDir)); err != nil || len(ents) != 0 {
 				t.Fatalf("objects left after DiscardAll: %v %v", ents, err)
 			}
 		}

@@ -1,0 +1,135 @@
+package memregion
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// The fs layout's life across a restart: format, write in place, seal;
+// the mount goes (a kexec or soft-reboot unmounts it); the next Open
+// finds the layout on the device, mounts it again and verifies. A sealed
+// region is refused by a new format, its objects kept; the raw layout
+// formatted over it takes ckpt's mount down first; a mount that is not
+// ckpt's is never taken down.
+func TestFSRegionAcrossARestart(t *testing.T) {
+	dev := loopDevice(t, 128*MiB)
+	if err := Format(dev, FormatOptions{Kind: KindFS}); err != nil {
+		t.Fatal(err)
+	}
+	r := mustOpen(t, dev)
+	if r.Kind() != KindFS || !r.DirectFiles() || r.Path() != dev {
+		t.Fatalf("kind %s, direct files %v, path %s", r.Kind(), r.DirectFiles(), r.Path())
+	}
+	// A loop device has no DAX: its files go through the page cache.
+	if err := r.InPlace(); !errors.Is(err, ErrNoDAX) {
+		t.Fatalf("InPlace on a loop device = %v, want ErrNoDAX", err)
+	}
+	dir, err := r.ObjectDir("criu/c1/images")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(dir, FSMountDir+"/") {
+		t.Fatalf("ObjectDir %s is not under %s", dir, FSMountDir)
+	}
+	data := randBytes(3, 5<<20)
+	if err := os.WriteFile(filepath.Join(dir, "pages-1.img"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := r.Written()
+	writeObject(t, r, "qemu/vm1/ram", data, 1<<20)
+	if after, _ := r.Written(); after-before < int64(len(data)) {
+		t.Fatalf("Written grew by %d for a %d-byte object", after-before, len(data))
+	}
+	if err := r.Adopt("criu/c1/images/pages-1.img"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Seal(context.Background(), &Manifest{}); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	if err := unix.Unmount(fsMountPoint(dev), 0); err != nil {
+		t.Fatal(err)
+	}
+
+	r = mustOpen(t, dev)
+	if _, err := r.Verify(context.Background()); err != nil {
+		t.Fatalf("Verify after the remount: %v", err)
+	}
+	cd, err := r.CommittedDir("criu/c1/images")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(cd, "pages-1.img")); err != nil || string(b) != string(data) {
+		t.Fatalf("the file read in place after the remount differs (%v)", err)
+	}
+	r.Close()
+	for _, kind := range []string{KindFS, KindRaw, ""} {
+		if err := Format(dev, FormatOptions{Kind: kind}); !errors.Is(err, ErrSealed) {
+			t.Fatalf("format %q over a sealed fs region = %v, want ErrSealed", kind, err)
+		}
+	}
+	r = mustOpen(t, dev)
+	if _, err := r.Verify(context.Background()); err != nil {
+		t.Fatalf("Verify after the refused formats: %v", err)
+	}
+	if err := r.Release(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+
+	// Someone else's mount of the device is left alone.
+	other := t.TempDir()
+	if err := unix.Unmount(fsMountPoint(dev), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(dev, other, "ext4", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := Format(dev, FormatOptions{Kind: KindRaw}); err == nil || !strings.Contains(err.Error(), "not by ckpt") {
+		t.Fatalf("format raw over a mount that is not ckpt's = %v", err)
+	}
+	if err := unix.Unmount(other, 0); err != nil {
+		t.Fatal(err)
+	}
+
+	// The raw layout over the fs layout: ckpt's mount goes first.
+	mustOpen(t, dev).Close()
+	if err := Format(dev, FormatOptions{Kind: KindRaw}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, mounted, _ := findMount(mustRdev(t, dev)); mounted {
+		t.Fatal("ckpt's mount of the old fs layout is still there")
+	}
+	if r := mustOpen(t, dev); r.Kind() != KindRaw {
+		t.Fatalf("kind after the raw format: %s", r.Kind())
+	}
+}
+
+func mustRdev(t *testing.T, dev string) uint64 {
+	t.Helper()
+	rdev, err := blockDevice(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rdev
+}
+
+func TestFindMountIn(t *testing.T) {
+	table := `22 1 259:0 /sub /bind rw - ext4 /dev/pmem0 rw
+23 1 259:0 / /run/ckpt/fs/pmem0 rw,nosuid - ext4 /dev/pmem0 rw,dax=always
+24 1 259:1 / /other rw - ext4 /dev/pmem1 rw
+`
+	point, opts, ok, err := findMountIn(strings.NewReader(table), "259:0")
+	if err != nil || !ok || point != "/run/ckpt/fs/pmem0" || !hasOpt(opts, "dax=always") {
+		t.Fatalf("findMountIn = %q %q %v %v", point, opts, ok, err)
+	}
+	if _, _, ok, _ := findMountIn(strings.NewReader(table), "259:9"); ok {
+		t.Fatal("found a mount of a device that has none")
+	}
+}
