@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"golang.org/x/sys/unix"
 	"log/slog"
@@ -195,6 +196,7 @@ func NewPlan(ctx context.Context, opts Options) (*Plan, error) {
 	}
 	// Largest first: the dump scheduler's order.
 	sort.SliceStable(p.Workloads, func(i, j int) bool { return p.Workloads[i].Bytes > p.Workloads[j].Bytes })
+	p.Warnings = HostWarnings(p.ActiveBackends)
 	r, err := memregion.Open(opts.Region, memregion.Options{Logger: opts.Logger})
 	if err != nil {
 		p.Problems = append(p.Problems, fmt.Sprintf("region %s: %v", opts.Region, err))
@@ -207,9 +209,8 @@ func NewPlan(ctx context.Context, opts Options) (*Plan, error) {
 			p.Problems = append(p.Problems, fmt.Sprintf("region %s: %v (workloads %s + headroom %s)", opts.Region, err,
 				memregion.HumanBytes(p.Bytes), memregion.HumanBytes(p.headroom())))
 		}
-		p.checkStaging(r.DirectFiles())
+		p.checkStaging(r)
 	}
-	p.Warnings = HostWarnings(p.ActiveBackends)
 	p.Kexec = opts.Kexec
 	p.checkKexec()
 	p.estimateFrozen()
@@ -226,19 +227,27 @@ func NewPlan(ctx context.Context, opts Options) (*Plan, error) {
 // checkStaging adds up the RAM the backends stage outside the region and
 // refuses a plan that would not fit in the host's available memory, with
 // a reserve of a tenth for everything else.
-func (p *Plan) checkStaging(direct bool) {
+// A region whose files take RAM on their way (an fs region without DAX)
+// is only warned about: the page cache is written back and reclaimed.
+func (p *Plan) checkStaging(r *memregion.Region) {
+	if err := r.InPlace(); errors.Is(err, memregion.ErrNoDAX) {
+		p.Warnings = append(p.Warnings, fmt.Sprintf("region %s: %v: the state goes through the page cache on its way to the device", r.Path(), err))
+	}
 	for _, pl := range p.Workloads {
 		if st, ok := pl.backend.(hypervisors.Stager); ok {
-			p.StagingBytes += st.StagingBytes(pl.Workload, pl.Bytes, direct)
+			p.StagingBytes += st.StagingBytes(pl.Workload, pl.Bytes, r.DirectFiles())
 		}
 	}
 	if p.StagingBytes == 0 {
 		return
 	}
+	hint := "a directory region, or the fs layout on a block device (ckpt region format " + r.Path() + " --kind fs: DAX on pmem)"
+	p.Warnings = append(p.Warnings, fmt.Sprintf("region %s takes no files in place: the backends stage %s in RAM outside it and copy it in; %s writes in place",
+		r.Path(), memregion.HumanBytes(p.StagingBytes), hint))
 	p.MemAvailable = memAvailable()
 	if p.MemAvailable > 0 && p.StagingBytes > p.MemAvailable*9/10 {
-		p.Problems = append(p.Problems, fmt.Sprintf("the backends stage %s in RAM outside this region (it takes no files in place), but only %s of memory is available: use a directory region (a DAX filesystem on the pmem device), or suspend fewer workloads at once (--only)",
-			memregion.HumanBytes(p.StagingBytes), memregion.HumanBytes(p.MemAvailable)))
+		p.Problems = append(p.Problems, fmt.Sprintf("the backends stage %s in RAM outside region %s, but only %s of memory is available: use %s, or suspend fewer workloads at once (--only)",
+			memregion.HumanBytes(p.StagingBytes), r.Path(), memregion.HumanBytes(p.MemAvailable), hint))
 	}
 }
 

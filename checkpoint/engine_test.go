@@ -864,5 +864,10 @@ func TestPlanChecksStagingRAM(t *testing.T) {
 		if staged != tc.fail || tc.kind == memregion.KindDir && p.StagingBytes != 0 || tc.kind == memregion.KindRaw && p.StagingBytes != tc.size {
 			t.Errorf("%s region, %d bytes: plan %+v, %v", tc.kind, tc.size, p, err)
 		}
+		// The staging is told, with the layout that avoids it.
+		hinted := strings.Contains(strings.Join(p.Warnings, "\n"), "--kind fs")
+		if hinted != (tc.kind == memregion.KindRaw) {
+			t.Errorf("%s region: warnings %q; want the fs layout named exactly when the backends stage", tc.kind, p.Warnings)
+		}
 	}
 }
