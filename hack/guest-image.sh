@@ -26,6 +26,8 @@ CACHE=${CKPT_CACHE:-$REPO/.cache}
 OUT=$CACHE/guest
 PREFIX=${CKPT_CRIU_PREFIX:-/opt/ckpt/criu}
 WRAPPER=/usr/local/sbin/criu
+QEMU10_PREFIX=${CKPT_QEMU10_PREFIX:-/opt/ckpt/qemu10} # hack/setup.sh's
+QEMU10=/usr/local/bin/qemu10-system-x86_64
 MIRROR=http://deb.debian.org/debian
 SECURITY=http://deb.debian.org/debian-security
 SIZE=3G
@@ -101,6 +103,20 @@ customize() {
 	mkdir -p "$r$(dirname "$PREFIX")" "$r$(dirname "$WRAPPER")"
 	cp -a "$PREFIX" "$r$PREFIX"
 	cp -a "$WRAPPER" "$r$WRAPPER"
+
+	# QEMU 10 beside Debian 12's 7.2 (cpr-reboot keeps a VM's RAM in place
+	# across a kexec): the host's unpacked bookworm-backports build, its
+	# wrapper, and the libraries it needs. Debian 13's own QEMU is 10.
+	if [ "$SUITE" = bookworm ]; then
+		# shellcheck disable=SC2016 # expanded in the chroot
+		libs=$(chroot "$r" sh -c 'for p in qemu-system-x86 qemu-system-common; do apt-cache show "$p/bookworm-backports" | awk -F": " "/^Depends:/{print \$2; exit}"; done' |
+			tr ',' '\n' | sed 's/(.*//; s/|.*//; s/ //g' | grep -v -E '^(qemu-|seabios|ipxe|libc6$)' | sort -u)
+		# shellcheck disable=SC2086 # a list of packages
+		chroot "$r" apt-get install -y -q --no-install-recommends $libs
+		mkdir -p "$r$QEMU10_PREFIX"
+		cp -a "$QEMU10_PREFIX/." "$r$QEMU10_PREFIX/"
+		cp -a "$QEMU10" "$r$QEMU10"
+	fi
 
 	# Network: DHCP (IPv4 only) on whatever NIC QEMU gives us.
 	cat >"$r/etc/systemd/network/50-dhcp.network" <<-'EOF'

@@ -65,8 +65,9 @@ const (
 	guestCmdline = "root=/dev/vda rw console=ttyS0 " + guestMemmap + " quiet"
 )
 
-// guestDisk is a cached system image and the directory of its kernels.
-type guestDisk struct{ img, boot, cmdline string }
+// guestDisk is a cached system image and the directory of its kernels;
+// mem is the guest's RAM (guestMem if empty).
+type guestDisk struct{ img, boot, cmdline, mem string }
 
 // bootSysGuest boots the Debian 12 image on kernel (a release in the
 // image's /boot) and waits for its agent. ports are guest TCP ports to
@@ -106,7 +107,11 @@ func bootGuestDisk(t *testing.T, d guestDisk, kernel string, ports ...int) *sysG
 		g.Fwd[p] = hp
 		netdev += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", hp, p)
 	}
-	args := []string{"-machine", "pc", "-m", guestMem, "-smp", "2", "-cpu", "max",
+	mem := d.mem
+	if mem == "" {
+		mem = guestMem
+	}
+	args := []string{"-machine", "pc", "-m", mem, "-smp", "2", "-cpu", "max",
 		"-display", "none", "-monitor", "none", "-serial", "file:" + g.Console,
 		"-kernel", filepath.Join(boot, "vmlinuz-"+kernel), "-initrd", filepath.Join(boot, "initrd.img-"+kernel),
 		"-append", d.cmdline,

@@ -63,6 +63,8 @@ var configKeys = map[string]string{
 	"resume_state": "resume-state",
 	"concurrency":  "concurrency",
 	"metrics_dir":  "metrics-dir",
+	// [restore]
+	"restore.huge_pages": "huge-pages",
 	// [fleet_lock]: the reboot slot of suspend-all and update.
 	"fleet_lock.url":   "fleet-lock",
 	"fleet_lock.group": "fleet-lock-group",

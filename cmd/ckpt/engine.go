@@ -52,6 +52,7 @@ type engineFlags struct {
 	// (ckpt update's soft-reboot path: checkpoint.SoftRebootRegion).
 	regionOptional bool
 	configured     bool // applyConfig ran
+	hugePages      bool // resume: restore.Options.HugePages
 }
 
 func (f *engineFlags) add(fs *pflag.FlagSet) {
@@ -351,6 +352,7 @@ do nothing.`,
 			return runResume(cmd, g, &f, f.only, order, keep)
 		},
 	}
+	c.Flags().BoolVar(&f.hugePages, "huge-pages", false, hugePagesUsage)
 	c.Flags().BoolVar(&ifCommitted, "if-committed", false, "do nothing, successfully, when the region holds no committed checkpoint (a normal boot)")
 	c.Flags().BoolVar(&early, "early", false, "only prepare the boot for the restore (run before the network starts)")
 	f.add(c.Flags())
@@ -358,6 +360,8 @@ do nothing.`,
 	c.Flags().BoolVar(&keep, "keep-region", false, "keep the checkpoint even when every workload is back")
 	return c
 }
+
+const hugePagesUsage = "restore with transparent huge pages always on (from madvise, put back after): faster on such hosts, may take more memory"
 
 func newResumeCommand(g *globals) *cobra.Command {
 	var f engineFlags
@@ -373,6 +377,7 @@ func newResumeCommand(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error { return runResume(cmd, g, &f, args, nil, false) },
 	}
 	f.add(c.Flags())
+	c.Flags().BoolVar(&f.hugePages, "huge-pages", false, hugePagesUsage)
 	return c
 }
 
@@ -473,7 +478,7 @@ func runResume(cmd *cobra.Command, g *globals, f *engineFlags, only, order []str
 	defer cancel()
 	waitRegion(ctx, f.region)
 	res, err := restore.ResumeAll(ctx, restore.Options{Region: f.region, Backends: bs, Concurrency: f.concurrency, Order: order,
-		Only: only, KeepRegion: keep, State: f.state, Journal: f.journal, Logger: log, Events: g.events(cmd.OutOrStdout(), log)})
+		Only: only, KeepRegion: keep, HugePages: f.hugePages, State: f.state, Journal: f.journal, Logger: log, Events: g.events(cmd.OutOrStdout(), log)})
 	if res != nil {
 		m := &checkpoint.Metrics{}
 		m.Gauge("ckpt_resume_restored", "workloads restored by the last resume", float64(len(res.Restored)))

@@ -13,6 +13,7 @@ import (
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/hypervisors/criu"
 	"github.com/ckpt-dev/ckpt/internal/testenv"
+	"github.com/ckpt-dev/ckpt/internal/thp"
 	"github.com/ckpt-dev/ckpt/internal/workloads"
 	"github.com/ckpt-dev/ckpt/memregion"
 )
@@ -37,60 +38,82 @@ func startBenchContainer(b *testing.B, root string, mib int) (*workloads.Contain
 // memory into a tmpfs-backed region and restores it. Metrics: dump and
 // restore GB/s of image bytes, CRIU's own frozen/memdump/memwrite times
 // and pages written, and memcpy GB/s of the same bytes in the same run.
+//
+// On a host whose transparent huge pages are in madvise mode, each size
+// runs twice: thp=host restores with the host's mode, thp=always-while-
+// restoring as resume-all --huge-pages does (restore.Options.HugePages).
 func BenchmarkDumpRestore(b *testing.B) {
-	for _, mib := range benchSizes() {
-		b.Run(fmt.Sprintf("mem=%dMiB", mib), func(b *testing.B) {
-			root := filepath.Join(b.TempDir(), "runc")
-			be := newBackendTB(b, root)
-			ctx := context.Background()
-			var dumpT, restoreT, memcpyT time.Duration
-			var bytes int64
-			var st criuStats
-			for range b.N {
-				b.StopTimer()
-				c, w := startBenchContainer(b, root, mib)
-				r := testenv.Region(b, "/dev/shm", memregion.KindDir, 0)
-				b.StartTimer()
-				if err := be.Freeze(ctx, w); err != nil {
-					b.Fatal(err)
-				}
-				start := time.Now()
-				rec, err := be.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: w.ID})
-				if err != nil {
-					b.Fatal(err)
-				}
-				dumpT += time.Since(start)
-				m := &memregion.Manifest{}
-				if err := r.Seal(ctx, m); err != nil {
-					b.Fatal(err)
-				}
-				if err := be.Finish(ctx, w); err != nil {
-					b.Fatal(err)
-				}
-				m, err = r.Manifest()
-				if err != nil {
-					b.Fatal(err)
-				}
-				bytes += m.TotalBytes()
-				st.add(rec)
-				start = time.Now()
-				if err := be.Restore(ctx, w, rec, hypervisors.RegionSource{Region: r, Manifest: m, Prefix: w.ID}); err != nil {
-					b.Fatal(err)
-				}
-				restoreT += time.Since(start)
-				b.StopTimer()
-				st.addRestore(be, w.ID)
-				memcpyT += testenv.MemcpyTime(m.TotalBytes())
-				_ = c
-				b.StartTimer()
-			}
-			gbps := func(d time.Duration) float64 { return float64(bytes) / d.Seconds() / 1e9 }
-			b.ReportMetric(gbps(dumpT), "dump-GB/s")
-			b.ReportMetric(gbps(restoreT), "restore-GB/s")
-			b.ReportMetric(gbps(memcpyT), "memcpy-GB/s")
-			st.report(b)
-		})
+	modes := []string{"host"}
+	if m, _ := thp.Mode(); m == "madvise" && os.Getuid() == 0 {
+		modes = append(modes, "always-while-restoring")
 	}
+	for _, mib := range benchSizes() {
+		for _, mode := range modes {
+			b.Run(fmt.Sprintf("mem=%dMiB/thp=%s", mib, mode), func(b *testing.B) { benchDumpRestore(b, mib, mode) })
+		}
+	}
+}
+
+func benchDumpRestore(b *testing.B, mib int, mode string) {
+	root := filepath.Join(b.TempDir(), "runc")
+	be := newBackendTB(b, root)
+	ctx := context.Background()
+	var dumpT, restoreT, memcpyT time.Duration
+	var bytes int64
+	var st criuStats
+	for range b.N {
+		b.StopTimer()
+		c, w := startBenchContainer(b, root, mib)
+		r := testenv.Region(b, "/dev/shm", memregion.KindDir, 0)
+		b.StartTimer()
+		if err := be.Freeze(ctx, w); err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		rec, err := be.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: w.ID})
+		if err != nil {
+			b.Fatal(err)
+		}
+		dumpT += time.Since(start)
+		m := &memregion.Manifest{}
+		if err := r.Seal(ctx, m); err != nil {
+			b.Fatal(err)
+		}
+		if err := be.Finish(ctx, w); err != nil {
+			b.Fatal(err)
+		}
+		m, err = r.Manifest()
+		if err != nil {
+			b.Fatal(err)
+		}
+		bytes += m.TotalBytes()
+		st.add(rec)
+		undo := func() error { return nil }
+		if mode != "host" {
+			if undo, _, err = thp.AlwaysWhile(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		start = time.Now()
+		err = be.Restore(ctx, w, rec, hypervisors.RegionSource{Region: r, Manifest: m, Prefix: w.ID})
+		restoreT += time.Since(start)
+		if uerr := undo(); err == nil {
+			err = uerr
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		st.addRestore(be, w.ID)
+		memcpyT += testenv.MemcpyTime(m.TotalBytes())
+		_ = c
+		b.StartTimer()
+	}
+	gbps := func(d time.Duration) float64 { return float64(bytes) / d.Seconds() / 1e9 }
+	b.ReportMetric(gbps(dumpT), "dump-GB/s")
+	b.ReportMetric(gbps(restoreT), "restore-GB/s")
+	b.ReportMetric(gbps(memcpyT), "memcpy-GB/s")
+	st.report(b)
 }
 
 // BenchmarkParallelDump dumps two containers one after the other and then

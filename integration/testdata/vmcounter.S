@@ -1,7 +1,9 @@
 # vmcounter: a tiny multiboot guest for QEMU's -kernel. It needs no kernel
 # boot: it prints "vm-count N" on COM1 once per second of the CMOS clock,
 # with N kept in guest RAM, so a migrated or restored VM shows whether its
-# state came back (N goes on) or not (N restarts at 1).
+# state came back (N goes on) or not (N restarts at 1). First it writes
+# a word into every 4 KiB page of RAM above 4 MiB, so the whole RAM is in
+# use and a copy of it has every page to send.
 	.code32
 	.section .text
 	.globl _start
@@ -11,7 +13,20 @@ mb:	.long 0x1BADB002		# multiboot magic
 	.long -0x1BADB002		# checksum
 _start:
 	mov	$stack_top, %esp
-	mov	$0xff, %bl		# last RTC second seen
+	cmp	$0x2BADB002, %eax	# a multiboot loader: %ebx has its info
+	jne	0f
+	testl	$1, (%ebx)		# mem_upper given
+	jz	0f
+	mov	8(%ebx), %ecx		# KiB of RAM above 1 MiB
+	shl	$10, %ecx
+	add	$0x100000, %ecx		# end of RAM
+	mov	$0x400000, %edi
+6:	cmp	%ecx, %edi
+	jae	0f
+	mov	%edi, (%edi)		# every page gets its own address
+	add	$4096, %edi
+	jmp	6b
+0:	mov	$0xff, %bl		# last RTC second seen
 1:	mov	$0, %al			# wait for the CMOS seconds to change
 	out	%al, $0x70
 	in	$0x71, %al
