@@ -20,8 +20,8 @@ import (
 
 	"github.com/ckpt-dev/ckpt/fleetlock"
 	"github.com/ckpt-dev/ckpt/hypervisors"
-	"github.com/ckpt-dev/ckpt/internal/thp"
 	"github.com/ckpt-dev/ckpt/internal/atomicfile"
+	"github.com/ckpt-dev/ckpt/internal/thp"
 	"github.com/ckpt-dev/ckpt/journal"
 	"github.com/ckpt-dev/ckpt/memregion"
 	"github.com/ckpt-dev/ckpt/update"
