@@ -28,7 +28,7 @@ case "$(param ckpt.stage)" in
 write)
 	say "STAGE write, kernel $(uname -r), boot $(cat /proc/sys/kernel/random/boot_id)"
 	ckpt region plan --size 256M | head -1
-	ckpt region format /dev/pmem0 &&
+	ckpt region format /dev/pmem0 --kind raw &&
 	ckpt region selftest write /dev/pmem0 --objects 4 --size 8M &&
 	ckpt kexec load --kernel /boot/vmlinuz --initrd /boot/initrd-next --reuse-cmdline --set ckpt.stage=verify &&
 	say "KEXEC" && ckpt kexec exec

@@ -32,7 +32,7 @@ const e2eInstall = `set -eu
 dpkg -i /mnt/host/ckpt_*.deb
 systemctl is-enabled ckpt-resume-early.service ckpt-resume.service
 sed -i 's|^#CKPT_REGION=.*|CKPT_REGION=/dev/pmem0|' /etc/default/ckpt
-ckpt region format /dev/pmem0
+ckpt region format /dev/pmem0 # the fs layout (DAX): the default on a pmem device
 `
 
 const e2eStart = `set -eu

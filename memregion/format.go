@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"math/bits"
 	"os"
+	"os/exec"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
@@ -25,7 +26,7 @@ import (
 func Format(path string, opts FormatOptions) error {
 	kind := opts.Kind
 	if kind == "" {
-		kind = detectKind(path)
+		kind = defaultKind(path)
 	}
 	if kind != KindDir && kind != KindRaw && kind != KindFS {
 		return fmt.Errorf("format %s: unknown region kind %q", path, kind)
@@ -50,6 +51,35 @@ func Format(path string, opts FormatOptions) error {
 		return fmt.Errorf("format %s: %w", path, err)
 	}
 	return nil
+}
+
+// defaultKind is the layout Format gives path when none is asked for:
+// the one it has, and for a block device with DAX that has none of ours,
+// the fs layout, which takes files in place (see the package doc).
+func defaultKind(path string) string {
+	kind := detectKind(path)
+	if kind != KindRaw || !DAXCapable(path) {
+		return kind
+	}
+	if err := sniffRaw(path); err != nil || hasRawSuperblock(path) {
+		return KindRaw // a raw region's checkpoint is refused as raw
+	}
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		return KindRaw
+	}
+	return KindFS
+}
+
+// hasRawSuperblock reports whether path starts with a raw region's magic.
+func hasRawSuperblock(path string) bool {
+	f, err := openDevice(path, unix.O_RDONLY)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	b := make([]byte, len(superMagic))
+	_, err = f.ReadAt(b, 0)
+	return err == nil && bytes.Equal(b, superMagic[:])
 }
 
 // refuseExisting returns an error saying what it found when path might

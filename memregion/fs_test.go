@@ -133,3 +133,28 @@ func TestFindMountIn(t *testing.T) {
 		t.Fatal("found a mount of a device that has none")
 	}
 }
+
+// Without a kind, a block device without DAX gets the raw layout (the fs
+// layout is the default only where files land in the device's memory),
+// and a device keeps the layout it has.
+func TestFormatDefaultKind(t *testing.T) {
+	dev := loopDevice(t, 64*MiB)
+	if DAXCapable(dev) {
+		t.Skip("this loop device has DAX")
+	}
+	if err := Format(dev, FormatOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if k := mustOpen(t, dev).Kind(); k != KindRaw {
+		t.Fatalf("default kind on a device without DAX: %s", k)
+	}
+	if err := Format(dev, FormatOptions{Kind: KindFS}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Format(dev, FormatOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if k := mustOpen(t, dev).Kind(); k != KindFS {
+		t.Fatalf("a device formatted again without a kind lost its fs layout: %s", k)
+	}
+}

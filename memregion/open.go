@@ -16,9 +16,10 @@ const (
 
 // FormatOptions configure Format.
 type FormatOptions struct {
-	// Kind is KindDir, KindRaw or KindFS; empty keeps the layout a block
-	// device has (fs or raw), else picks raw for block devices and
-	// existing regular files, dir otherwise.
+	// Kind is KindDir, KindRaw or KindFS. Empty keeps the layout a block
+	// device has; a new block device with DAX (pmem) gets the fs layout
+	// when mkfs.ext4 is installed, any other device or an existing regular
+	// file the raw layout, anything else the dir layout.
 	Kind string
 	// Size creates a raw region file of this size when the file is new.
 	Size int64
