@@ -129,3 +129,20 @@ func (b *Backend) RAMInPlace(ctx context.Context, w hypervisors.Workload) error 
 	_, err = b.preservedRAM(ctx, v, wd.MemoryBytes)
 	return err
 }
+
+// cprStateBytes is what a VM saved with its RAM in place writes, roughly:
+// its device state and its small RAM blocks (video memory, ROMs), which
+// do not grow with guest RAM.
+const cprStateBytes = 32 << 20
+
+var _ hypervisors.SizeEstimator = (*Backend)(nil)
+
+// EstimateSize implements hypervisors.SizeEstimator: a VM whose RAM stays
+// in place (cpr-reboot) writes its device state only, any other VM up to
+// its RAM.
+func (b *Backend) EstimateSize(ctx context.Context, w hypervisors.Workload) (int64, error) {
+	if err := b.RAMInPlace(ctx, w); err != nil {
+		return w.MemoryBytes, nil
+	}
+	return min(cprStateBytes, w.MemoryBytes), nil
+}

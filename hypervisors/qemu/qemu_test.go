@@ -151,9 +151,17 @@ func TestRAMStaysInPlace(t *testing.T) {
 	if !errors.Is(err, qemu.ErrRAMNotPreserved) || !strings.Contains(err.Error(), "memory-backend-file") {
 		t.Fatalf("RAMInPlace(plain VM) = %v; want ErrRAMNotPreserved saying how to qualify", err)
 	}
-	w := hypervisors.Workload{ID: g.ID}
+	w := hypervisors.Workload{ID: g.ID, MemoryBytes: 512 << 20}
 	if err := b.RAMInPlace(ctx, w); err != nil {
 		t.Fatalf("RAMInPlace: %v", err)
+	}
+	// The plan's estimate: device state for the VM whose RAM stays, its
+	// RAM for the other.
+	if n, err := b.EstimateSize(ctx, w); err != nil || n > 32<<20 {
+		t.Fatalf("EstimateSize(RAM in place) = %d, %v", n, err)
+	}
+	if n, err := b.EstimateSize(ctx, hypervisors.Workload{ID: plain.ID, MemoryBytes: 256 << 20}); err != nil || n != 256<<20 {
+		t.Fatalf("EstimateSize(plain VM) = %d, %v", n, err)
 	}
 	p := &probe{g: g, b: b}
 	r := testenv.Region(t, "", memregion.KindDir, 0)
