@@ -58,8 +58,8 @@ func Format(path string, opts FormatOptions) error {
 // the fs layout, which takes files in place (see the package doc).
 func defaultKind(path string) string {
 	kind := detectKind(path)
-	if kind != KindRaw || !DAXCapable(path) {
-		return kind
+	if kind != KindRaw || !DAXCapable(path) || os.Getpagesize() != 4096 {
+		return kind // ext4 maps DAX files with blocks of the page size
 	}
 	if err := sniffRaw(path); err != nil || hasRawSuperblock(path) {
 		return KindRaw // a raw region's checkpoint is refused as raw
@@ -95,8 +95,13 @@ func refuseExisting(path string) error {
 	if st.IsDir() {
 		return sniffDir(path)
 	}
-	if st.Mode()&fs.ModeDevice != 0 && isFSLayout(path) {
-		return sniffFS(path)
+	if st.Mode()&fs.ModeDevice != 0 {
+		switch fsLayoutOf(path) {
+		case fsExact:
+			return sniffFS(path)
+		case fsNear:
+			return fmt.Errorf("%w: found an ext4 superblock whose magic or ckpt label is damaged", ErrMayHoldCheckpoint)
+		}
 	}
 	return sniffRaw(path)
 }
@@ -380,7 +385,12 @@ func openOrCreateRaw(path string) (*os.File, bool, error) {
 	if !errors.Is(err, fs.ErrExist) {
 		return nil, false, err
 	}
-	f, err = openDevice(path, unix.O_RDWR)
+	// O_EXCL on a block device: the kernel refuses it while any mount, in
+	// any mount namespace, holds the device (an fs region still mounted).
+	f, err = openDevice(path, unix.O_RDWR|unix.O_EXCL)
+	if errors.Is(err, unix.EBUSY) {
+		err = fmt.Errorf("%s is in use (mounted, perhaps in another mount namespace): %w", path, err)
+	}
 	return f, false, err
 }
 

@@ -46,43 +46,102 @@ const (
 // fsStore is a dir store on the filesystem ckpt mounted from a device.
 type fsStore struct {
 	*dirStore
-	dev string // the region's path: the block device
-	dax bool   // mounted with DAX: files are the device's memory
+	dev     string // the region's path: the block device
+	dax     bool   // mounted with DAX: files are the device's memory
+	unmount string // a private read-only mount of this Open, for Close
 }
 
 func (s *fsStore) kind() string { return KindFS }
 
 // isFSLayout reports whether the block device at path holds a filesystem
 // ckpt made (an ext4 labelled ckpt-region). It reads a few bytes only.
-func isFSLayout(path string) bool {
+func isFSLayout(path string) bool { return fsLayoutOf(path) == fsExact }
+
+// How much a device's first bytes look like the fs layout.
+const (
+	fsNone  = iota
+	fsNear  // a damaged magic or label: it may hold a checkpoint
+	fsExact // ext4's magic and ckpt's label
+)
+
+func fsLayoutOf(path string) int {
 	f, err := openDevice(path, unix.O_RDONLY)
 	if err != nil {
-		return false
+		return fsNone
 	}
 	defer f.Close()
 	if fi, err := f.Stat(); err != nil || fi.Mode()&os.ModeDevice == 0 {
-		return false
+		return fsNone
 	}
 	b := make([]byte, ext4SniffBytes)
 	if _, err := f.ReadAt(b, 0); err != nil {
-		return false
+		return fsNone
 	}
-	label := string(bytes.TrimRight(b[ext4LabelOff:], "\x00"))
-	return binary.LittleEndian.Uint16(b[ext4MagicOff:]) == ext4Magic && label == fsLabel
+	magic := b[ext4MagicOff : ext4MagicOff+2]
+	label := b[ext4LabelOff : ext4LabelOff+len(fsLabel)+1]
+	want := append([]byte(fsLabel), 0)
+	var wantMagic [2]byte
+	binary.LittleEndian.PutUint16(wantMagic[:], ext4Magic)
+	switch {
+	case bytes.Equal(magic, wantMagic[:]) && bytes.Equal(label, want):
+		return fsExact
+	case bytes.Equal(magic, wantMagic[:]) && nearMagic(label, want),
+		nearMagic(magic, wantMagic[:]) && bytes.Equal(label, want):
+		return fsNear
+	}
+	return fsNone
 }
 
 // openFS mounts the region's filesystem (when no mount of it is there
-// yet) and opens the dir region at its root.
-func openFS(path string) (*fsStore, error) {
-	mnt, dax, err := mountFS(path)
+// yet) and opens the dir region at its root. Read-only, a filesystem
+// mounted nowhere gets a private read-only mount that Close takes down.
+func openFS(path string, readOnly bool) (*fsStore, error) {
+	rdev, err := blockDevice(path)
 	if err != nil {
 		return nil, err
+	}
+	mnt, dax, private, err := mountFS(path, readOnly)
+	if err != nil {
+		return nil, err
+	}
+	undo := func() {
+		if private {
+			unix.Unmount(mnt, unix.MNT_DETACH)
+			os.Remove(mnt)
+		}
 	}
 	d, err := openDir(mnt)
 	if err != nil {
+		undo()
 		return nil, err
 	}
-	return &fsStore{dirStore: d, dev: path, dax: dax}, nil
+	// The directory opened must be the device's filesystem, not something
+	// mounted over its mount point since.
+	var st unix.Stat_t
+	if err := unix.Fstat(d.root, &st); err != nil || st.Dev != rdev {
+		d.close()
+		undo()
+		if err == nil {
+			err = &UnsafeError{mnt, fmt.Sprintf("is not the filesystem of %s", path)}
+		}
+		return nil, err
+	}
+	s := &fsStore{dirStore: d, dev: path, dax: dax}
+	if private {
+		s.unmount = mnt
+	}
+	return s, nil
+}
+
+func (s *fsStore) close() error {
+	err := s.dirStore.close()
+	if s.unmount != "" {
+		if uerr := unix.Unmount(s.unmount, unix.MNT_DETACH); err == nil {
+			err = uerr
+		}
+		os.Remove(s.unmount)
+	}
+	return err
 }
 
 // blockDevice returns path's device number, refusing anything but a
@@ -120,48 +179,71 @@ func DAXCapable(path string) bool {
 }
 
 // mountFS returns where the filesystem on the device at path is mounted,
-// mounting it at its mount point first when it is nowhere (with DAX where
-// the device has it).
-func mountFS(path string) (string, bool, error) {
+// mounting it at its mount point first when it is nowhere, with DAX where
+// the device has it (a kernel that refuses DAX for it gets a plain mount:
+// InPlace then says so). readOnly mounts nowhere shared: a private
+// read-only mount (private true) is the caller's to take down.
+func mountFS(path string, readOnly bool) (mnt string, dax, private bool, err error) {
 	rdev, err := blockDevice(path)
 	if err != nil {
-		return "", false, err
+		return "", false, false, err
 	}
 	if point, opts, ok, err := findMount(rdev); err != nil {
-		return "", false, err
+		return "", false, false, err
 	} else if ok {
-		return point, hasOpt(opts, "dax") || hasOpt(opts, "dax=always"), nil
+		return point, hasOpt(opts, "dax") || hasOpt(opts, "dax=always"), false, nil
 	}
-	mnt := fsMountPoint(path)
-	if err := os.MkdirAll(mnt, 0o700); err != nil {
-		return "", false, err
+	if err := os.MkdirAll(FSMountDir, 0o700); err != nil {
+		return "", false, false, err
 	}
-	dax := DAXCapable(path)
-	data := ""
+	flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
+	if readOnly {
+		flags |= unix.MS_RDONLY
+		if mnt, err = os.MkdirTemp(FSMountDir, filepath.Base(fsMountPoint(path))+".ro-"); err != nil {
+			return "", false, false, err
+		}
+	} else {
+		mnt = fsMountPoint(path)
+		if err := os.MkdirAll(mnt, 0o700); err != nil {
+			return "", false, false, err
+		}
+	}
+	dax = DAXCapable(path)
 	if dax {
-		data = "dax"
+		if unix.Mount(path, mnt, "ext4", flags, "dax") == nil {
+			return mnt, true, readOnly, nil
+		}
+		dax = false
 	}
-	if err := unix.Mount(path, mnt, "ext4", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, data); err != nil {
-		return "", false, fmt.Errorf("mount %s on %s (ext4 %s): %w", path, mnt, data, err)
+	if err := unix.Mount(path, mnt, "ext4", flags, ""); err != nil {
+		if readOnly {
+			os.Remove(mnt)
+		}
+		return "", false, false, fmt.Errorf("mount %s on %s (ext4): %w", path, mnt, err)
 	}
-	return mnt, dax, nil
+	return mnt, false, readOnly, nil
 }
 
-// unmountFS unmounts the block device at path from ckpt's mount point; a
-// mount elsewhere (not ckpt's) is refused. A device mounted nowhere, or a
-// path that is no block device, has nothing to unmount.
+// unmountFS unmounts the block device at path from ckpt's mount point;
+// any other mount of it (elsewhere, or of a subdirectory) is refused. A
+// device mounted nowhere, or a path that is no block device, has nothing
+// to unmount. Mounts in other namespaces are not seen here: the raw
+// format's exclusive open and mkfs refuse a device they hold.
 func unmountFS(path string) error {
 	var st unix.Stat_t
 	if unix.Stat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
 		return nil
 	}
-	rdev := st.Rdev
+	ours := fsMountPoint(path)
+	if real, err := filepath.EvalSymlinks(ours); err == nil {
+		ours = real
+	}
 	for {
-		point, _, ok, err := findMount(rdev)
+		point, root, ok, err := anyMount(st.Rdev)
 		if err != nil || !ok {
 			return err
 		}
-		if point != fsMountPoint(path) {
+		if point != ours || root != "/" {
 			return fmt.Errorf("%s is mounted at %s, not by ckpt: unmount it first", path, point)
 		}
 		if err := unix.Unmount(point, 0); err != nil {
@@ -170,10 +252,28 @@ func unmountFS(path string) error {
 	}
 }
 
+// anyMount finds a mount of device rdev, of its root or of a subdirectory.
+func anyMount(rdev uint64) (point, root string, ok bool, err error) {
+	f, err := os.Open("/proc/thread-self/mountinfo")
+	if err != nil {
+		return "", "", false, err
+	}
+	defer f.Close()
+	majmin := fmt.Sprintf("%d:%d", unix.Major(rdev), unix.Minor(rdev))
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) >= 5 && f[2] == majmin {
+			return unescapeMount(f[4]), unescapeMount(f[3]), true, nil
+		}
+	}
+	return "", "", false, sc.Err()
+}
+
 // findMount finds a mount of the whole filesystem on device rdev in this
 // mount namespace: its mount point and options.
 func findMount(rdev uint64) (point, opts string, ok bool, err error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	f, err := os.Open("/proc/thread-self/mountinfo")
 	if err != nil {
 		return "", "", false, err
 	}
@@ -216,11 +316,12 @@ func hasOpt(opts, opt string) bool {
 // sniffFS refuses an fs region that might hold a checkpoint, as sniffDir
 // does for a directory.
 func sniffFS(path string) error {
-	mnt, _, err := mountFS(path)
+	st, err := openFS(path, true)
 	if err != nil {
 		return fmt.Errorf("%w: found a ckpt filesystem that does not mount: %w", ErrMayHoldCheckpoint, err)
 	}
-	return sniffDir(mnt)
+	defer st.close()
+	return sniffDir(st.dir)
 }
 
 // formatFS makes a new ext4 filesystem on the block device at path and a
@@ -243,7 +344,7 @@ func formatFS(path string) error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("mkfs.ext4 %s: %w: %s", path, err, strings.TrimSpace(string(out)))
 	}
-	mnt, _, err := mountFS(path)
+	mnt, _, _, err := mountFS(path, false)
 	if err != nil {
 		return err
 	}

@@ -53,6 +53,16 @@ func TestFSRegionAcrossARestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.Close()
+	// A kexec leaves the filesystem mounted, its journal to replay: a copy
+	// of the device taken while mounted opens (the mount replays it) and
+	// verifies.
+	unix.Sync()
+	crashed := loopDeviceOf(t, backingFile(t, dev))
+	if cr := mustOpen(t, crashed); true {
+		if _, err := cr.Verify(context.Background()); err != nil {
+			t.Fatalf("Verify of the device as a kexec leaves it: %v", err)
+		}
+	}
 	if err := unix.Unmount(fsMountPoint(dev), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -91,6 +101,7 @@ func TestFSRegionAcrossARestart(t *testing.T) {
 	if err := unix.Mount(dev, other, "ext4", 0, ""); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { unix.Unmount(other, unix.MNT_DETACH) })
 	if err := Format(dev, FormatOptions{Kind: KindRaw}); err == nil || !strings.Contains(err.Error(), "not by ckpt") {
 		t.Fatalf("format raw over a mount that is not ckpt's = %v", err)
 	}
@@ -108,6 +119,95 @@ func TestFSRegionAcrossARestart(t *testing.T) {
 	}
 	if r := mustOpen(t, dev); r.Kind() != KindRaw {
 		t.Fatalf("kind after the raw format: %s", r.Kind())
+	}
+}
+
+// backingFile is the file behind loop device dev.
+func backingFile(t *testing.T, dev string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// loopDeviceOf attaches a copy of file to a new loop device.
+func loopDeviceOf(t *testing.T, file string) string {
+	t.Helper()
+	src, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := filepath.Join(t.TempDir(), "copy.img")
+	if err := os.WriteFile(cp, src, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return loopDeviceFile(t, cp)
+}
+
+// A read-only Open of an fs region mounted nowhere mounts it privately,
+// read-only, and Close takes that mount down; a writable Open afterwards
+// gets ckpt's own mount.
+func TestFSReadOnlyOpen(t *testing.T) {
+	dev := loopDevice(t, 64*MiB)
+	if err := Format(dev, FormatOptions{Kind: KindFS}); err != nil {
+		t.Fatal(err)
+	}
+	r := mustOpen(t, dev)
+	writeObject(t, r, "a", []byte("payload"), 7)
+	if err := r.Seal(context.Background(), &Manifest{}); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	if err := unix.Unmount(fsMountPoint(dev), 0); err != nil {
+		t.Fatal(err)
+	}
+	ro, err := Open(dev, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ro.Verify(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	point, opts, ok, _ := findMount(mustRdev(t, dev))
+	if !ok || point == fsMountPoint(dev) || !hasOpt(opts, "ro") {
+		t.Fatalf("read-only open mounted at %q (%s), want a private read-only mount", point, opts)
+	}
+	ro.Close()
+	if _, _, ok, _ := findMount(mustRdev(t, dev)); ok {
+		t.Fatal("the read-only open's mount outlived its Close")
+	}
+	if _, err := os.Stat(point); err == nil {
+		t.Fatalf("the read-only mount point %s is left", point)
+	}
+	rw := mustOpen(t, dev)
+	if err := rw.Release(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A damaged label or magic is not taken for an unformatted device: a
+// format without force refuses it.
+func TestFormatRefusesADamagedFSLabel(t *testing.T) {
+	dev := loopDevice(t, 64*MiB)
+	if err := Format(dev, FormatOptions{Kind: KindFS}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unmountFS(dev); err != nil {
+		t.Fatal(err)
+	}
+	flipByte(t, dev, ext4LabelOff+2)
+	if isFSLayout(dev) {
+		t.Fatal("a damaged label still reads as the fs layout")
+	}
+	for _, kind := range []string{"", KindRaw, KindFS} {
+		if err := Format(dev, FormatOptions{Kind: kind}); !errors.Is(err, ErrMayHoldCheckpoint) {
+			t.Fatalf("format %q over a damaged fs label = %v, want ErrMayHoldCheckpoint", kind, err)
+		}
+	}
+	if err := Format(dev, FormatOptions{Kind: KindRaw, Force: true}); err != nil {
+		t.Fatalf("forced format: %v", err)
 	}
 }
 

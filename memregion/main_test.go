@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) {
@@ -14,6 +16,12 @@ func TestMain(m *testing.M) {
 	}
 	FSMountDir = filepath.Join(dir, "fs")
 	code := m.Run()
+	// A failed test may leave a mount there: never recurse into it.
+	if ents, err := os.ReadDir(FSMountDir); err == nil {
+		for _, e := range ents {
+			unix.Unmount(filepath.Join(FSMountDir, e.Name()), unix.MNT_DETACH)
+		}
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

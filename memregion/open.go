@@ -37,7 +37,7 @@ func Open(path string, opts Options) (*Region, error) {
 	case KindDir:
 		st, err = openDir(path)
 	case KindFS:
-		st, err = openFS(path)
+		st, err = openFS(path, opts.ReadOnly)
 	default:
 		st, err = openRaw(path, opts.ReadOnly)
 	}

@@ -147,6 +147,10 @@ func ResumeHeld(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	todo = run.thawOriginals(ctx, todo)
+	// A resume killed while it had huge pages on left them on.
+	if err := thp.PutBack(); err != nil {
+		run.log.Warn("transparent huge pages: madvise not put back", "error", err)
+	}
 	if opts.HugePages && len(todo) > 0 {
 		undo, did, err := thp.AlwaysWhile()
 		if err != nil {

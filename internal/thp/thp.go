@@ -8,11 +8,17 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
 // EnabledPath is the kernel's THP mode file.
 var EnabledPath = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+// MarkerPath records, while AlwaysWhile's change holds, that madvise is to
+// be put back. It lives in /run, as long as the mode itself: a process
+// killed before its undo leaves it for PutBack (ckpt's next resume).
+var MarkerPath = "/run/ckpt/thp-madvise"
 
 // Mode is the selected mode in EnabledPath ("always", "madvise", "never").
 func Mode() (string, error) {
@@ -43,13 +49,32 @@ func AlwaysWhile() (undo func() error, did string, err error) {
 	if mode != "madvise" {
 		return func() error { return nil }, "transparent huge pages stay " + mode, nil
 	}
+	if err := os.MkdirAll(filepath.Dir(MarkerPath), 0o700); err != nil {
+		return func() error { return nil }, "", err
+	}
+	if err := os.WriteFile(MarkerPath, []byte("madvise\n"), 0o600); err != nil {
+		return func() error { return nil }, "", err
+	}
 	if err := os.WriteFile(EnabledPath, []byte("always"), 0); err != nil {
+		os.Remove(MarkerPath)
 		return func() error { return nil }, "", fmt.Errorf("transparent huge pages madvise → always: %w", err)
 	}
-	return func() error {
-		if m, err := Mode(); err != nil || m != "always" {
-			return err // changed by someone else: theirs now
-		}
-		return os.WriteFile(EnabledPath, []byte("madvise"), 0)
-	}, "transparent huge pages madvise → always while restoring", nil
+	return PutBack, "transparent huge pages madvise → always while restoring", nil
+}
+
+// PutBack undoes an AlwaysWhile whose marker is there (this process's, or
+// one killed before its undo): madvise again, unless someone changed the
+// mode meanwhile (theirs now). Without a marker it does nothing.
+func PutBack() error {
+	if _, err := os.Stat(MarkerPath); err != nil {
+		return nil
+	}
+	m, err := Mode()
+	if err == nil && m == "always" {
+		err = os.WriteFile(EnabledPath, []byte("madvise"), 0)
+	}
+	if err == nil {
+		err = os.Remove(MarkerPath)
+	}
+	return err
 }

@@ -11,6 +11,7 @@ import (
 // undone.
 func TestAlwaysWhile(t *testing.T) {
 	EnabledPath = filepath.Join(t.TempDir(), "enabled")
+	MarkerPath = filepath.Join(t.TempDir(), "ckpt", "thp-madvise")
 	set := func(s string) { os.WriteFile(EnabledPath, []byte(s), 0o600) }
 	mode := func() string { m, _ := Mode(); return m }
 
@@ -49,6 +50,26 @@ func TestAlwaysWhile(t *testing.T) {
 	if mode() != "never" {
 		t.Fatalf("undo overrode a mode set meanwhile: %s", mode())
 	}
+	// A process killed before its undo: the next PutBack undoes it.
+	set("always [madvise] never")
+	if _, _, err := AlwaysWhile(); err != nil {
+		t.Fatal(err)
+	}
+	set("[always] madvise never")
+	if err := PutBack(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(EnabledPath); string(b) != "madvise" {
+		t.Fatalf("PutBack after a kill wrote %q, want madvise", b)
+	}
+	if _, err := os.Stat(MarkerPath); err == nil {
+		t.Fatal("marker left after PutBack")
+	}
+	set("[always] madvise never") // no marker: the operator's always stays
+	if PutBack(); mode() != "always" {
+		t.Fatalf("PutBack without a marker changed the mode: %s", mode())
+	}
+
 	set("garbage")
 	if _, _, err := AlwaysWhile(); err == nil {
 		t.Fatal("no error for a file without a selected mode")
