@@ -98,6 +98,7 @@ uses a directory region on /dev/shm.`,
 				}
 				fmt.Fprintf(w, "%d workloads, %s\n", rep.Workloads, memregion.HumanBytes(rep.Ours.Bytes))
 				fmt.Fprintf(w, "ckpt (%d at once)   %6.2f GB/s  dump %.2fs  %s\n", rep.Ours.Concurrency, rep.Ours.GBps, rep.Ours.Phases["dump"], extraRAM(rep.Ours))
+				printWorkloads(w, rep.Ours)
 				fmt.Fprintf(w, "one at a time      %6.2f GB/s  dump %.2fs  %s\n", rep.Sequential.GBps, rep.Sequential.Phases["dump"], extraRAM(rep.Sequential))
 				fmt.Fprintf(w, "backend defaults   %6.2f GB/s  dump %.2fs  %s  (one at a time, QEMU's own bandwidth limit)\n", rep.Defaults.GBps, rep.Defaults.Phases["dump"], extraRAM(rep.Defaults))
 				fmt.Fprintf(w, "memcpy (best of 1-4 copiers) %6.2f GB/s\n", best)

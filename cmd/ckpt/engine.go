@@ -204,6 +204,18 @@ func (f *engineFlags) suspendOptions(cmd *cobra.Command, g *globals, req suspend
 	return ctx, cancel, opts, nil
 }
 
+// printWorkloads prints each workload's bytes, frozen time (its freeze
+// to the commit, or to its thaw in a dry run) and dump rate.
+func printWorkloads(w io.Writer, res *checkpoint.Result) {
+	for _, wr := range res.Workloads {
+		rate := 0.0
+		if wr.DumpS > 0 {
+			rate = float64(wr.Bytes) / wr.DumpS / 1e9
+		}
+		fmt.Fprintf(w, "  %-40s %10s  frozen %.2fs  dump %.2fs  %.2f GB/s\n", printable(wr.Key), memregion.HumanBytes(wr.Bytes), wr.FrozenS, wr.DumpS, rate)
+	}
+}
+
 // handoff is h with the CLI's metrics directory and the result printed
 // at the commit.
 func (g *globals) handoff(cmd *cobra.Command, f *engineFlags, h checkpoint.Handoff) checkpoint.Handoff {
@@ -212,9 +224,7 @@ func (g *globals) handoff(cmd *cobra.Command, f *engineFlags, h checkpoint.Hando
 		g.print(cmd.OutOrStdout(), res, func(w io.Writer) {
 			fmt.Fprintf(w, "committed %d workloads, %s, at %.2f GB/s with %d at once; %s\n", len(res.Workloads),
 				memregion.HumanBytes(res.Bytes), res.GBps, res.Concurrency, extraRAM(res))
-			for _, wr := range res.Workloads {
-				fmt.Fprintf(w, "  %-40s %10s  frozen %.2fs  dump %.2fs\n", wr.Key, memregion.HumanBytes(wr.Bytes), wr.FrozenS, wr.DumpS)
-			}
+			printWorkloads(w, res)
 		})
 	}
 	return h
