@@ -48,8 +48,9 @@ type Options struct {
 	Only []string
 	// KeepRegion leaves the region committed even when all are back.
 	KeepRegion bool
-	// HugePages switches the host's transparent huge pages from madvise to
-	// always while the workloads restore, and back after. CRIU faults
+	// HugePages switches the host's transparent huge pages (and their
+	// defrag mode) from madvise to always while the workloads restore, and
+	// back after (internal/thp). CRIU faults
 	// every restored page in; with 4 KiB faults a restore runs at half
 	// its dump's rate on such a host (hypervisors/criu BenchmarkDumpRestore).
 	// Memory restored meanwhile keeps its huge pages: a workload that uses
