@@ -254,42 +254,57 @@ func unmountFS(path string) error {
 
 // anyMount finds a mount of device rdev, of its root or of a subdirectory.
 func anyMount(rdev uint64) (point, root string, ok bool, err error) {
-	f, err := os.Open("/proc/thread-self/mountinfo")
-	if err != nil {
+	ms, err := mountsOf(rdev)
+	if err != nil || len(ms) == 0 {
 		return "", "", false, err
 	}
-	defer f.Close()
-	majmin := fmt.Sprintf("%d:%d", unix.Major(rdev), unix.Minor(rdev))
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) >= 5 && f[2] == majmin {
-			return unescapeMount(f[4]), unescapeMount(f[3]), true, nil
-		}
-	}
-	return "", "", false, sc.Err()
+	return ms[0].point, ms[0].root, true, nil
 }
 
 // findMount finds a mount of the whole filesystem on device rdev in this
 // mount namespace: its mount point and options.
 func findMount(rdev uint64) (point, opts string, ok bool, err error) {
-	f, err := os.Open("/proc/thread-self/mountinfo")
-	if err != nil {
-		return "", "", false, err
-	}
-	defer f.Close()
-	return findMountIn(f, fmt.Sprintf("%d:%d", unix.Major(rdev), unix.Minor(rdev)))
+	ms, err := mountsOf(rdev)
+	return firstRoot(ms, err)
 }
 
 // findMountIn is findMount on a mountinfo table: the first mount of the
 // filesystem's root (a bind mount of a subdirectory does not count).
 func findMountIn(r io.Reader, majmin string) (point, opts string, ok bool, err error) {
+	return firstRoot(parseMounts(r, majmin))
+}
+
+func firstRoot(ms []devMount, err error) (point, opts string, ok bool, _ error) {
+	for _, m := range ms {
+		if m.root == "/" {
+			return m.point, m.opts, true, nil
+		}
+	}
+	return "", "", false, err
+}
+
+// devMount is one mount of a device: where, which of its directories,
+// and its mount and superblock options.
+type devMount struct{ point, root, opts string }
+
+// mountsOf lists this thread's mount namespace's mounts of device rdev.
+func mountsOf(rdev uint64) ([]devMount, error) {
+	f, err := os.Open("/proc/thread-self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return parseMounts(f, fmt.Sprintf("%d:%d", unix.Major(rdev), unix.Minor(rdev)))
+}
+
+func parseMounts(r io.Reader, majmin string) ([]devMount, error) {
+	var ms []devMount
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		// id parent maj:min root point options [optional...] - fstype source superopts
 		f := strings.Fields(sc.Text())
-		if len(f) < 6 || f[2] != majmin || f[3] != "/" {
+		if len(f) < 6 || f[2] != majmin {
 			continue
 		}
 		super := ""
@@ -299,9 +314,9 @@ func findMountIn(r io.Reader, majmin string) (point, opts string, ok bool, err e
 				break
 			}
 		}
-		return unescapeMount(f[4]), f[5] + "," + super, true, nil
+		ms = append(ms, devMount{point: unescapeMount(f[4]), root: unescapeMount(f[3]), opts: f[5] + "," + super})
 	}
-	return "", "", false, sc.Err()
+	return ms, sc.Err()
 }
 
 func hasOpt(opts, opt string) bool {
