@@ -67,6 +67,19 @@ type PreDumper interface {
 	PreDump(ctx context.Context, w Workload, dst ObjectSink) error
 }
 
+// LazyRestorer restores a workload that runs before all of its memory is
+// back: its pages are served from src as it touches them, and the rest
+// are copied in behind it. RestoreLazy returns once the workload runs;
+// wait returns once every page is in (nil), or once serving them failed,
+// in which case the workload has been killed, never left running on
+// pages it did not get back, and src must be kept for another restore.
+// src must stay readable until wait returns. A workload the backend
+// cannot restore lazily gets an error wrapping ErrNotSupported, before
+// anything is done.
+type LazyRestorer interface {
+	RestoreLazy(ctx context.Context, w Workload, recipe json.RawMessage, src ObjectSource) (wait func() error, err error)
+}
+
 // SizeEstimator predicts a Dump's bytes better than Workload.MemoryBytes.
 type SizeEstimator interface {
 	EstimateSize(ctx context.Context, w Workload) (int64, error)

@@ -73,7 +73,8 @@ func (r *Runtime) thawEnded(ctx context.Context, w hypervisors.Workload, e *ende
 	if e.Tree != nil {
 		return r.restoreTreeFrom(ctx, w, e.Tree, e.Img)
 	}
-	return r.restoreFrom(ctx, w, e.Rec, e.Img)
+	_, err := r.restoreFrom(ctx, w, e.Rec, e.Img, false)
+	return err
 }
 
 var _ hypervisors.Reviver = (*Runtime)(nil)

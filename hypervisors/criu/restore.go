@@ -3,6 +3,7 @@ package criu
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,42 +22,73 @@ func (r *Runtime) Restore(ctx context.Context, w hypervisors.Workload, raw json.
 	if isTree(w) {
 		return r.restoreTree(ctx, w, raw, src)
 	}
+	_, err := r.restore(ctx, w, raw, src, false)
+	return err
+}
+
+// RestoreLazy implements hypervisors.LazyRestorer for runc containers,
+// with CRIU's lazy-pages daemon serving the images (see lazy.go).
+func (r *Runtime) RestoreLazy(ctx context.Context, w hypervisors.Workload, raw json.RawMessage, src hypervisors.ObjectSource) (func() error, error) {
+	if isTree(w) {
+		return nil, fmt.Errorf("%w: lazy restore of a process tree (%s); it is restored in full", hypervisors.ErrNotSupported, w.ID)
+	}
+	return r.restore(ctx, w, raw, src, true)
+}
+
+// restore is Restore, lazy or not. A lazy restore keeps its staging
+// directories until the returned wait is done.
+func (r *Runtime) restore(ctx context.Context, w hypervisors.Workload, raw json.RawMessage, src hypervisors.ObjectSource, lazy bool) (func() error, error) {
 	var rec recipe
 	if err := json.Unmarshal(raw, &rec); err != nil {
-		return fmt.Errorf("restore %s: bad recipe: %w", w.ID, err)
+		return nil, fmt.Errorf("restore %s: bad recipe: %w", w.ID, err)
 	}
 	if rec.Runtime != "runc" {
-		return fmt.Errorf("restore %s: runtime %q is not supported", w.ID, rec.Runtime)
+		return nil, fmt.Errorf("restore %s: runtime %q is not supported", w.ID, rec.Runtime)
 	}
 	if _, err := os.Stat(filepath.Join(rec.Bundle, "config.json")); err != nil {
-		return fmt.Errorf("restore %s: bundle: %w", w.ID, err)
+		return nil, fmt.Errorf("restore %s: bundle: %w", w.ID, err)
 	}
 	dir, err := r.stage(w.ID, "restore")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer os.RemoveAll(dir)
 	img := filepath.Join(dir, "images")
 	if err := r.stageImages(src, rec, dir, &img); err != nil {
-		return fmt.Errorf("restore %s: %w", w.ID, err)
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("restore %s: %w", w.ID, err)
 	}
-	return r.restoreFrom(ctx, w, rec, img)
+	wait, err := r.restoreFrom(ctx, w, rec, img, lazy)
+	return keepUntil(wait, func() { os.RemoveAll(dir) }), err
 }
 
-// restoreFrom runs runc restore --detach on the images in img.
-func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec recipe, img string) error {
+// keepUntil runs cleanup now when there is nothing to wait for, else once
+// wait is done.
+func keepUntil(wait func() error, cleanup func()) func() error {
+	if wait == nil {
+		cleanup()
+		return nil
+	}
+	return func() error {
+		defer cleanup()
+		return wait()
+	}
+}
+
+// restoreFrom runs runc restore --detach on the images in img; lazy, it
+// returns what waits for the lazy-pages daemon.
+func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec recipe, img string, lazy bool) (wait func() error, err error) {
 	work, err := r.stage(w.ID, "restore-work")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer os.RemoveAll(work)
+	defer func() { wait = keepUntil(wait, func() { os.RemoveAll(work) }) }()
 	img = r.rearmTimerfds(w, img, work)
 	if img, err = restoreStopped(img, work, rec.Stopped); err != nil {
-		return fmt.Errorf("restore %s: %w", w.ID, err)
+		return nil, fmt.Errorf("restore %s: %w", w.ID, err)
 	}
 	logf, err := startLogShim(ctx, "ckpt-log-"+rec.ID, filepath.Join(r.cfg.LogDir, rec.ID+".log"))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer logf.Close()
 	args := []string{"--root", rec.Root, "--criu", r.cfg.CRIU, "restore", "--detach",
@@ -69,7 +101,14 @@ func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec r
 	}
 	env, err := rec.Needs.configEnv(work)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	var lp *lazyPages
+	if lazy {
+		if lp, err = r.startLazyPages(w.ID, img, work); err != nil {
+			return nil, fmt.Errorf("restore %s: %w", w.ID, err)
+		}
+		args = append(args, "--lazy-pages")
 	}
 	cmd := exec.Command(r.cfg.Runc, append(args, rec.ID)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr, cmd.Env = nil, logf, logf, env
@@ -78,10 +117,43 @@ func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec r
 	err = runOwned(ctx, cmd, r.cfg.CancelGrace, nil)
 	restoring()
 	if err != nil {
-		return newCRIUError("restore", w.ID, filepath.Join(work, "restore.log"), err)
+		if lp != nil {
+			lp.abort()
+		}
+		return nil, newCRIUError("restore", w.ID, filepath.Join(work, "restore.log"), err)
 	}
 	r.noteRestore(w.ID, work, time.Since(start))
-	return lockConnections(ctx, rec.Locks, false)
+	if lp != nil {
+		wait = lp.watch(func() error { return r.killRestored(rec) })
+	}
+	if err := lockConnections(ctx, rec.Locks, false); err != nil {
+		if wait != nil {
+			err = errors.Join(err, wait()) // the pages first: a container is never left to them
+			wait = nil
+		}
+		return nil, err
+	}
+	return wait, nil
+}
+
+// killRestored ends a restored container for good: SIGKILL to every task
+// (a task blocked on a page the lazy-pages daemon never served wakes only
+// for that), then runc forgets it.
+func (r *Runtime) killRestored(rec recipe) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	runc := func(args ...string) error {
+		out, err := exec.CommandContext(ctx, r.cfg.Runc, append([]string{"--root", rec.Root}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("runc %s: %w: %s", args[0], err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	kerr := runc("kill", "--all", rec.ID, "KILL")
+	if derr := runc("delete", "--force", rec.ID); derr != nil {
+		return errors.Join(kerr, derr)
+	}
+	return nil
 }
 
 // stageImages points *img at the images: in place where the source keeps
