@@ -871,3 +871,101 @@ func TestPlanChecksStagingRAM(t *testing.T) {
 		}
 	}
 }
+
+// lazyFake is a fake whose restores can be lazy: each runs at once and
+// its pages come in when the test sends on pages (an error: the backend
+// killed it).
+type lazyFake struct {
+	*fake
+	started chan string
+	pages   chan error
+}
+
+func (f *lazyFake) RestoreLazy(ctx context.Context, w hypervisors.Workload, recipe json.RawMessage, src hypervisors.ObjectSource) (func() error, error) {
+	if err := f.Restore(ctx, w, recipe, src); err != nil {
+		return nil, err
+	}
+	f.started <- w.ID
+	return func() error {
+		if err := <-f.pages; err != nil {
+			f.set(w.ID, "", "ended")
+			return err
+		}
+		return nil
+	}, nil
+}
+
+// TestLazyResume: a lazy workload runs before its pages are in, but the
+// resume returns, and the region is released, only after them; one whose
+// pages fail counts as failed, keeps its images, and is restored by the
+// next resume.
+func TestLazyResume(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := &lazyFake{fake: newFake("a", map[string]int64{"x": 1 << 20, "y": 1 << 20}), started: make(chan string, 2), pages: make(chan error)}
+	ctx := context.Background()
+	if _, err := suspend(t, ctx, e.opts(a)); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		rr  *restore.Result
+		err error
+	}
+	resume := func(lazy ...string) <-chan result {
+		o := e.resume(a)
+		o.Lazy = lazy
+		ch := make(chan result, 1)
+		go func() {
+			rr, err := restore.ResumeAll(ctx, o)
+			ch <- result{rr, err}
+		}()
+		return ch
+	}
+	sealed := func() bool {
+		r, err := memregion.Open(e.region, memregion.Options{ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		s, _ := r.Sealed()
+		return s
+	}
+
+	done := resume("a/y")
+	if id := <-a.started; id != "y" {
+		t.Fatalf("lazy restore of %s; want only a/y", id)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for a.state("x") != "running" && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if a.state("x") != "running" || a.state("y") != "running" {
+		t.Fatalf("x %s, y %s; want both running while y's pages come", a.state("x"), a.state("y"))
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("resume returned before y's pages were in: %+v, %v", r.rr, r.err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if !sealed() {
+		t.Fatal("the region was released before y's pages were in")
+	}
+	a.pages <- errors.New("injected: the page server died")
+	r := <-done
+	if !errors.Is(r.err, restore.ErrPartial) || len(r.rr.Failed) != 1 || r.rr.Failed[0].Key != "a/y" || r.rr.Released {
+		t.Fatalf("resume = %+v, %v; want a/y failed and the region kept", r.rr, r.err)
+	}
+	if !sealed() || a.state("y") != "ended" {
+		t.Fatalf("after the failure: sealed %v, y %s", sealed(), a.state("y"))
+	}
+
+	done = resume("all")
+	<-a.started
+	a.pages <- nil
+	r = <-done
+	if r.err != nil || len(r.rr.Restored) != 1 || !r.rr.Released {
+		t.Fatalf("second resume = %+v, %v; want a/y back, then the release", r.rr, r.err)
+	}
+	if w := r.rr.Restored[0]; w.PagesInS < w.Seconds || w.Seconds <= 0 {
+		t.Fatalf("a/y ran after %.3fs, its pages were in after %.3fs", w.Seconds, w.PagesInS)
+	}
+}

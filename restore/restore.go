@@ -57,6 +57,14 @@ type Options struct {
 	// its memory sparsely may take more of it. Hosts in mode always (the
 	// Debian kernel's default) or never are left as they are.
 	HugePages bool
+	// Lazy restores these workloads lazily where their backend can
+	// (hypervisors.LazyRestorer): each runs as soon as its process tree is
+	// back, and its memory follows as it touches it and in the
+	// background. Entries are as in Order, or "all". A workload counts as
+	// restored, and the region is released, only once all of its pages
+	// are in; one whose pages could not all be served is killed, counts
+	// as failed and keeps its images. The others are restored in full.
+	Lazy []string
 	// State and Journal default to DefaultState and
 	// journal.DefaultJournal.
 	State, Journal string
@@ -86,8 +94,11 @@ type Result struct {
 type WorkloadResult struct {
 	Key     string  `json:"key"`
 	Seconds float64 `json:"seconds"`
+	// PagesInS, for a lazy restore, is how long after its start the last
+	// page was in (Seconds is when it ran again).
+	PagesInS float64 `json:"pages_in_s,omitempty"`
 	// BlackoutS runs from the workload's freeze by the suspend to the end
-	// of its restore (wall clock, across the kexec).
+	// of its restore, when it runs again (wall clock, across the kexec).
 	BlackoutS float64 `json:"blackout_s,omitempty"`
 	Error     string  `json:"error,omitempty"`
 }
@@ -168,6 +179,7 @@ func ResumeHeld(ctx context.Context, opts Options) (*Result, error) {
 	for _, wave := range waves(todo, opts.Order) {
 		run.restoreWave(ctx, wave)
 	}
+	run.lazy.Wait() // their pages: the region is in use until then
 	journal.Failpoint("restore:done")
 	run.res.Seconds = time.Since(run.start).Seconds()
 	if len(run.res.Failed) > 0 {
@@ -204,6 +216,8 @@ type resumeRun struct {
 
 	mu sync.Mutex // st and res, from the restore goroutines
 	st state
+
+	lazy sync.WaitGroup // lazy restores whose pages are still coming
 }
 
 func (run *resumeRun) emit(e journal.Event) { journal.Emit(run.opts.Events, e) }
@@ -268,45 +282,90 @@ func (run *resumeRun) pending() ([]memregion.WorkloadRecord, error) {
 
 func recordKey(rec memregion.WorkloadRecord) string { return rec.Backend + "/" + rec.ID }
 
-// restoreWave restores one wave's workloads in parallel.
+// restoreWave restores one wave's workloads in parallel. It returns once
+// they run: lazy ones get their pages behind it (run.lazy).
 func (run *resumeRun) restoreWave(ctx context.Context, wave []memregion.WorkloadRecord) {
 	g := errgroup.Group{}
 	g.SetLimit(run.opts.Concurrency)
 	for _, rec := range wave {
 		g.Go(func() error {
 			t0 := time.Now()
-			err := run.restoreOne(ctx, rec, run.backend(rec.Backend))
-			run.done(rec, time.Since(t0), err)
+			wait, err := run.restoreOne(ctx, rec, run.backend(rec.Backend))
+			if wait == nil {
+				run.done(rec, outcome{took: time.Since(t0), err: err})
+				return nil
+			}
+			o := outcome{took: time.Since(t0), running: time.Now()}
+			run.log.Info("running, its pages follow", "workload", recordKey(rec), "after", o.took.Round(time.Millisecond))
+			run.lazy.Add(1)
+			go func() {
+				defer run.lazy.Done()
+				o.err = wait()
+				o.pagesIn = time.Since(t0)
+				run.done(rec, o)
+			}()
 			return nil
 		})
 	}
 	g.Wait()
 }
 
-// restoreOne restores one workload whose objects all verified.
-func (run *resumeRun) restoreOne(ctx context.Context, rec memregion.WorkloadRecord, b hypervisors.Backend) error {
+// restoreOne restores one workload whose objects all verified; wait is
+// non-nil for a lazy restore under way.
+func (run *resumeRun) restoreOne(ctx context.Context, rec memregion.WorkloadRecord, b hypervisors.Backend) (wait func() error, err error) {
 	for _, o := range rec.Objects {
 		if why, ok := run.bad[o]; ok {
-			return fmt.Errorf("object %s: %s", o, why)
+			return nil, fmt.Errorf("object %s: %s", o, why)
 		}
 	}
 	if b == nil {
-		return fmt.Errorf("backend %s is not available on this host", rec.Backend)
+		return nil, fmt.Errorf("backend %s is not available on this host", rec.Backend)
 	}
 	w := hypervisors.Workload{ID: rec.ID, Kind: rec.Kind, Backend: rec.Backend, MemoryBytes: rec.MemoryBytes}
 	src := hypervisors.RegionSource{Region: run.r, Manifest: run.m, Prefix: recordPrefix(rec, w)}
-	return b.Restore(ctx, w, rec.Restore, src)
+	if lr, ok := b.(hypervisors.LazyRestorer); ok && run.wantsLazy(rec) {
+		wait, err := lr.RestoreLazy(ctx, w, rec.Restore, src)
+		if !errors.Is(err, hypervisors.ErrNotSupported) {
+			return wait, err
+		}
+		run.log.Info("restoring in full", "workload", recordKey(rec), "why", err)
+	} else if run.wantsLazy(rec) {
+		run.log.Info("restoring in full: its backend has no lazy restore", "workload", recordKey(rec))
+	}
+	return nil, b.Restore(ctx, w, rec.Restore, src)
+}
+
+// wantsLazy says whether Options.Lazy names rec.
+func (run *resumeRun) wantsLazy(rec memregion.WorkloadRecord) bool {
+	return slices.ContainsFunc(run.opts.Lazy, func(o string) bool { return o == "all" || names(o, rec) })
+}
+
+// names says whether an Order or Lazy entry names rec: its key, its
+// kind or its backend.
+func names(o string, rec memregion.WorkloadRecord) bool {
+	return o == recordKey(rec) || o == rec.Kind || o == rec.Backend
+}
+
+// outcome is how one workload's restore went.
+type outcome struct {
+	took    time.Duration // until it ran (or failed)
+	running time.Time     // when it ran again: the end of its blackout (zero: at done)
+	pagesIn time.Duration // lazy: until its last page was in
+	err     error
 }
 
 // done records one workload's outcome, on disk at once: a resume killed
 // mid-way restores nothing twice.
-func (run *resumeRun) done(rec memregion.WorkloadRecord, took time.Duration, err error) {
+func (run *resumeRun) done(rec memregion.WorkloadRecord, o outcome) {
 	run.mu.Lock()
 	defer run.mu.Unlock()
-	k := recordKey(rec)
-	wr := WorkloadResult{Key: k, Seconds: took.Seconds()}
+	k, took, err := recordKey(rec), o.took, o.err
+	wr := WorkloadResult{Key: k, Seconds: took.Seconds(), PagesInS: o.pagesIn.Seconds()}
+	if o.running.IsZero() {
+		o.running = time.Now()
+	}
 	if rec.FrozenAt != nil && err == nil {
-		wr.BlackoutS = time.Since(*rec.FrozenAt).Seconds()
+		wr.BlackoutS = o.running.Sub(*rec.FrozenAt).Seconds()
 	}
 	if err != nil {
 		wr.Error = err.Error()
@@ -359,11 +418,11 @@ func (run *resumeRun) thawOriginals(ctx context.Context, todo []memregion.Worklo
 		switch err := b.Thaw(ctx, w); {
 		case err == nil:
 			run.log.Info("the original was still there, frozen: thawed instead of restored", "workload", k)
-			run.done(rec, time.Since(t0), nil)
+			run.done(rec, outcome{took: time.Since(t0)})
 		case errors.Is(err, hypervisors.ErrNotFound):
 			rest = append(rest, rec)
 		default:
-			run.done(rec, time.Since(t0), fmt.Errorf("its original is still there and could not be thawed: %w", err))
+			run.done(rec, outcome{took: time.Since(t0), err: fmt.Errorf("its original is still there and could not be thawed: %w", err)})
 		}
 	}
 	return rest
@@ -446,7 +505,7 @@ func waves(recs []memregion.WorkloadRecord, order []string) [][]memregion.Worklo
 	for _, o := range order {
 		var wave, rest []memregion.WorkloadRecord
 		for _, r := range left {
-			if o == r.Backend+"/"+r.ID || o == r.Kind || o == r.Backend {
+			if names(o, r) {
 				wave = append(wave, r)
 			} else {
 				rest = append(rest, r)

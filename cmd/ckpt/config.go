@@ -65,6 +65,7 @@ var configKeys = map[string]string{
 	"metrics_dir":  "metrics-dir",
 	// [restore]
 	"restore.huge_pages": "huge-pages",
+	"restore.lazy":       "lazy",
 	// [fleet_lock]: the reboot slot of suspend-all and update.
 	"fleet_lock.url":   "fleet-lock",
 	"fleet_lock.group": "fleet-lock-group",

@@ -51,8 +51,9 @@ type engineFlags struct {
 	// regionOptional: the library picks a region when none is given
 	// (ckpt update's soft-reboot path: checkpoint.SoftRebootRegion).
 	regionOptional bool
-	configured     bool // applyConfig ran
-	hugePages      bool // resume: restore.Options.HugePages
+	configured     bool     // applyConfig ran
+	hugePages      bool     // resume: restore.Options.HugePages
+	lazy           []string // resume: restore.Options.Lazy
 }
 
 func (f *engineFlags) add(fs *pflag.FlagSet) {
@@ -362,7 +363,7 @@ do nothing.`,
 			return runResume(cmd, g, &f, f.only, order, keep)
 		},
 	}
-	c.Flags().BoolVar(&f.hugePages, "huge-pages", false, hugePagesUsage)
+	f.addRestore(c.Flags())
 	c.Flags().BoolVar(&ifCommitted, "if-committed", false, "do nothing, successfully, when the region holds no committed checkpoint (a normal boot)")
 	c.Flags().BoolVar(&early, "early", false, "only prepare the boot for the restore (run before the network starts)")
 	f.add(c.Flags())
@@ -371,7 +372,13 @@ do nothing.`,
 	return c
 }
 
-const hugePagesUsage = "restore with transparent huge pages always on (from madvise, put back after): faster on such hosts, may take more memory"
+// addRestore adds the flags of how workloads are restored.
+func (f *engineFlags) addRestore(fs *pflag.FlagSet) {
+	fs.BoolVar(&f.hugePages, "huge-pages", false, "restore with transparent huge pages always on (from madvise, put back after): faster on such hosts, may take more memory")
+	fs.StringSliceVar(&f.lazy, "lazy", nil, "restore lazily: the workload runs before its memory is back, which follows as it is touched "+
+		"(--lazy for all, --lazy=backend/id,kind,backend for some; containers of the criu backend; the others are restored in full)")
+	fs.Lookup("lazy").NoOptDefVal = "all"
+}
 
 func newResumeCommand(g *globals) *cobra.Command {
 	var f engineFlags
@@ -387,7 +394,7 @@ func newResumeCommand(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error { return runResume(cmd, g, &f, args, nil, false) },
 	}
 	f.add(c.Flags())
-	c.Flags().BoolVar(&f.hugePages, "huge-pages", false, hugePagesUsage)
+	f.addRestore(c.Flags())
 	return c
 }
 
@@ -488,7 +495,7 @@ func runResume(cmd *cobra.Command, g *globals, f *engineFlags, only, order []str
 	defer cancel()
 	waitRegion(ctx, f.region)
 	res, err := restore.ResumeAll(ctx, restore.Options{Region: f.region, Backends: bs, Concurrency: f.concurrency, Order: order,
-		Only: only, KeepRegion: keep, HugePages: f.hugePages, State: f.state, Journal: f.journal, Logger: log, Events: g.events(cmd.OutOrStdout(), log)})
+		Only: only, KeepRegion: keep, HugePages: f.hugePages, Lazy: f.lazy, State: f.state, Journal: f.journal, Logger: log, Events: g.events(cmd.OutOrStdout(), log)})
 	if res != nil {
 		m := &checkpoint.Metrics{}
 		m.Gauge("ckpt_resume_restored", "workloads restored by the last resume", float64(len(res.Restored)))
