@@ -303,7 +303,9 @@ func TestSuspendAllResumeAll(t *testing.T) {
 	if st := dc.Inspect(t, "{{.State.Status}} {{.HostConfig.RestartPolicy.Name}}"); st != "exited no" {
 		t.Fatalf("docker container after suspend-all: %q, want exited with restart policy no", st)
 	}
-	out, err = h.stdout("resume-all", "--order", "vm", "--json")
+	// The runc containers come back lazily (the others' backends have no
+	// lazy restore, and are restored in full).
+	out, err = h.stdout("resume-all", "--order", "vm", "--lazy=criu", "--json")
 	if err != nil {
 		t.Fatalf("resume-all: %v", err)
 	}
@@ -311,6 +313,8 @@ func TestSuspendAllResumeAll(t *testing.T) {
 		Restored []struct {
 			Key       string  `json:"key"`
 			BlackoutS float64 `json:"blackout_s"`
+			Seconds   float64 `json:"seconds"`
+			PagesInS  float64 `json:"pages_in_s"`
 		} `json:"restored"`
 		Released bool  `json:"released"`
 		Bytes    int64 `json:"bytes"`
@@ -323,6 +327,10 @@ func TestSuspendAllResumeAll(t *testing.T) {
 		if r.BlackoutS <= 0 {
 			t.Fatalf("resume-all result: %s has no blackout (%v s)", r.Key, r.BlackoutS)
 		}
+		if lazy := strings.HasPrefix(r.Key, "criu/"); lazy != (r.PagesInS > 0) || r.PagesInS > 0 && r.PagesInS < r.Seconds {
+			t.Fatalf("resume-all --lazy=criu result: %s ran after %.2f s, its pages were in after %.2f s", r.Key, r.Seconds, r.PagesInS)
+		}
+		t.Logf("%s: running after %.2f s, pages in after %.2f s", r.Key, r.Seconds, r.PagesInS)
 	}
 	h.running(before)
 	if info, _ := workloads.Virsh(t, "dominfo", dom.ID); !regexp.MustCompile(`Autostart:\s+enable`).MatchString(info) {

@@ -3,7 +3,9 @@ package criu_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -19,7 +21,7 @@ import (
 
 // suspended freezes and dumps c into a fresh directory region on tmpfs,
 // ends the original and returns what restores it.
-func suspended(t *testing.T, be *criu.Runtime, c *workloads.Container) (hypervisors.Workload, json.RawMessage, hypervisors.ObjectSource) {
+func suspended(t testing.TB, be *criu.Runtime, c *workloads.Container) (hypervisors.Workload, json.RawMessage, hypervisors.ObjectSource) {
 	t.Helper()
 	ctx := context.Background()
 	w := hypervisors.Workload{ID: c.ID, Kind: "container", Backend: criu.Name}
@@ -118,4 +120,74 @@ func TestLazyRestoreDaemonDies(t *testing.T) {
 		t.Fatalf("restoring again from the kept images: %v", err)
 	}
 	(&probe{c: c, logDir: logs}).Intact(t)
+}
+
+// BenchmarkLazyRestore restores the same images of one container twice
+// per iteration, in full and then lazily, and reports how long after the
+// restore began the container first answered (testload's "tick", which
+// touches little of its memory): restore-first-answer-s and
+// lazy-first-answer-s, their ratio (the goal: lazy within 10 % of the
+// full restore) and lazy-pages-in-s, when the last page was in.
+func BenchmarkLazyRestore(b *testing.B) {
+	for _, mib := range benchSizes() {
+		b.Run(fmt.Sprintf("mem=%dMiB", mib), func(b *testing.B) { benchLazyRestore(b, mib) })
+	}
+}
+
+func benchLazyRestore(b *testing.B, mib int) {
+	root := filepath.Join(b.TempDir(), "runc")
+	be := newBackendTB(b, root)
+	ctx := context.Background()
+	var fullT, lazyT, pagesT time.Duration
+	answer := func(c *workloads.Container, start time.Time) time.Duration {
+		for {
+			if _, err := c.Ask("tick"); err == nil {
+				return time.Since(start)
+			}
+			if time.Since(start) > time.Minute {
+				b.Fatalf("%s does not answer after its restore", c.ID)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	remove := func(c *workloads.Container) {
+		if out, err := exec.Command(testenv.RequireTool(b, "runc"), "--root", root, "delete", "--force", c.ID).CombinedOutput(); err != nil {
+			b.Fatalf("runc delete: %v: %s", err, out)
+		}
+	}
+	for range b.N {
+		b.StopTimer()
+		c := workloads.StartContainer(b, root, workloads.Checkpointable, mib)
+		w, rec, src := suspended(b, be, c)
+		b.StartTimer()
+		start := time.Now()
+		if err := be.Restore(ctx, w, rec, src); err != nil {
+			b.Fatal(err)
+		}
+		fullT += answer(c, start)
+		b.StopTimer()
+		remove(c)
+		b.StartTimer()
+		start = time.Now()
+		wait, err := be.RestoreLazy(ctx, w, rec, src)
+		if err != nil {
+			b.Fatal(err)
+		}
+		lazyT += answer(c, start)
+		if err := wait(); err != nil {
+			b.Fatal(err)
+		}
+		pagesT += time.Since(start)
+		b.StopTimer()
+		if sum, err := c.Ask("sum"); err != nil || !strings.HasPrefix(sum, "sum OK") {
+			b.Fatalf("memory after the lazy restore: %q, %v", sum, err)
+		}
+		remove(c)
+		b.StartTimer()
+	}
+	n := float64(b.N)
+	b.ReportMetric(fullT.Seconds()/n, "restore-first-answer-s")
+	b.ReportMetric(lazyT.Seconds()/n, "lazy-first-answer-s")
+	b.ReportMetric(pagesT.Seconds()/n, "lazy-pages-in-s")
+	b.ReportMetric(lazyT.Seconds()/fullT.Seconds(), "lazy/restore")
 }
