@@ -20,8 +20,8 @@ import (
 )
 
 // suspended freezes and dumps c into a fresh directory region on tmpfs,
-// ends the original and returns what restores it.
-func suspended(t testing.TB, be *criu.Runtime, c *workloads.Container) (hypervisors.Workload, json.RawMessage, hypervisors.ObjectSource) {
+// ends the original and returns what restores it, with the dump's time.
+func suspended(t testing.TB, be *criu.Runtime, c *workloads.Container) (hypervisors.Workload, json.RawMessage, hypervisors.RegionSource, time.Duration) {
 	t.Helper()
 	ctx := context.Background()
 	w := hypervisors.Workload{ID: c.ID, Kind: "container", Backend: criu.Name}
@@ -29,10 +29,12 @@ func suspended(t testing.TB, be *criu.Runtime, c *workloads.Container) (hypervis
 	if err := be.Freeze(ctx, w); err != nil {
 		t.Fatal(err)
 	}
+	start := time.Now()
 	rec, err := be.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: w.ID})
 	if err != nil {
 		t.Fatal(err)
 	}
+	took := time.Since(start)
 	if err := r.Seal(ctx, &memregion.Manifest{}); err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +45,7 @@ func suspended(t testing.TB, be *criu.Runtime, c *workloads.Container) (hypervis
 	if err != nil {
 		t.Fatal(err)
 	}
-	return w, rec, hypervisors.RegionSource{Region: r, Manifest: m, Prefix: w.ID}
+	return w, rec, hypervisors.RegionSource{Region: r, Manifest: m, Prefix: w.ID}, took
 }
 
 // TestLazyRestore restores a container lazily: it answers once RestoreLazy
@@ -53,7 +55,7 @@ func TestLazyRestore(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "runc")
 	be, logs := newBackendLogs(t, root)
 	c := workloads.StartContainer(t, root, workloads.Checkpointable, testMemMiB)
-	w, rec, src := suspended(t, be, c)
+	w, rec, src, _ := suspended(t, be, c)
 	var daemon int
 	defer criu.OnLazyStarted(func(pid int) { daemon = pid })()
 	wait, err := be.RestoreLazy(context.Background(), w, rec, src)
@@ -85,7 +87,7 @@ func TestLazyRestoreDaemonDies(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "runc")
 	be, logs := newBackendLogs(t, root)
 	c := workloads.StartContainerArgs(t, root, workloads.Checkpointable, 1024, "-sum-every", "100ms")
-	w, rec, src := suspended(t, be, c)
+	w, rec, src, _ := suspended(t, be, c)
 	var daemon int
 	defer criu.OnLazyStarted(func(pid int) { daemon = pid })()
 	// Two seconds between the daemon's death and the kill: testload's
@@ -127,7 +129,9 @@ func TestLazyRestoreDaemonDies(t *testing.T) {
 // restore began the container first answered (testload's "tick", which
 // touches little of its memory): restore-first-answer-s and
 // lazy-first-answer-s, their ratio (the goal: lazy within 10 % of the
-// full restore) and lazy-pages-in-s, when the last page was in.
+// full restore) and lazy-pages-in-s, when the last page was in. The rates
+// (GB/s of image bytes) of the dump, the full restore (until it answers)
+// and the lazy one (until every page is in) come from the same runs.
 func BenchmarkLazyRestore(b *testing.B) {
 	for _, mib := range benchSizes() {
 		b.Run(fmt.Sprintf("mem=%dMiB", mib), func(b *testing.B) { benchLazyRestore(b, mib) })
@@ -138,7 +142,8 @@ func benchLazyRestore(b *testing.B, mib int) {
 	root := filepath.Join(b.TempDir(), "runc")
 	be := newBackendTB(b, root)
 	ctx := context.Background()
-	var fullT, lazyT, pagesT time.Duration
+	var dumpT, fullT, lazyT, pagesT time.Duration
+	var bytes int64
 	answer := func(c *workloads.Container, start time.Time) time.Duration {
 		for {
 			if _, err := c.Ask("tick"); err == nil {
@@ -158,7 +163,9 @@ func benchLazyRestore(b *testing.B, mib int) {
 	for range b.N {
 		b.StopTimer()
 		c := workloads.StartContainer(b, root, workloads.Checkpointable, mib)
-		w, rec, src := suspended(b, be, c)
+		w, rec, src, took := suspended(b, be, c)
+		dumpT += took
+		bytes += src.Manifest.TotalBytes()
 		b.StartTimer()
 		start := time.Now()
 		if err := be.Restore(ctx, w, rec, src); err != nil {
@@ -190,4 +197,8 @@ func benchLazyRestore(b *testing.B, mib int) {
 	b.ReportMetric(lazyT.Seconds()/n, "lazy-first-answer-s")
 	b.ReportMetric(pagesT.Seconds()/n, "lazy-pages-in-s")
 	b.ReportMetric(lazyT.Seconds()/fullT.Seconds(), "lazy/restore")
+	gbps := func(d time.Duration) float64 { return float64(bytes) / d.Seconds() / 1e9 }
+	b.ReportMetric(gbps(dumpT), "dump-GB/s")
+	b.ReportMetric(gbps(fullT), "restore-GB/s")
+	b.ReportMetric(gbps(pagesT), "lazy-GB/s")
 }
