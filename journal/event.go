@@ -5,7 +5,7 @@ import "time"
 // Event is one step of progress, for progress bars and JSON lines.
 type Event struct {
 	Time     time.Time `json:"time"`
-	Phase    string    `json:"phase"` // plan, predump, freeze, dump, progress, seal, finish, rollback, done; verify, restore, release
+	Phase    string    `json:"phase"` // plan, predump, freeze, dump, progress, seal, finish, rollback, done; verify, running (a lazy restore's workload runs), restore, release
 	Workload string    `json:"workload,omitempty"`
 	Bytes    int64     `json:"bytes,omitempty"`
 	// Total is, in "progress" events, the bytes the plan expects to dump

@@ -297,6 +297,7 @@ func (run *resumeRun) restoreWave(ctx context.Context, wave []memregion.Workload
 			}
 			o := outcome{took: time.Since(t0), running: time.Now()}
 			run.log.Info("running, its pages follow", "workload", recordKey(rec), "after", o.took.Round(time.Millisecond))
+			run.emit(journal.Event{Phase: "running", Workload: recordKey(rec), Elapsed: o.took.Seconds()})
 			run.lazy.Add(1)
 			go func() {
 				defer run.lazy.Done()
