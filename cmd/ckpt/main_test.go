@@ -261,3 +261,38 @@ func TestBootUnitsFindTheCommittedRegion(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoreFlags: --lazy alone means all, --lazy=a,b names some, and
+// [restore] in ckpt.toml sets both restore flags.
+func TestRestoreFlags(t *testing.T) {
+	parse := func(args ...string) engineFlags {
+		var f engineFlags
+		fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+		f.addRestore(fs)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	if f := parse("--lazy"); fmt.Sprint(f.lazy) != "[all]" {
+		t.Fatalf("--lazy = %v; want [all]", f.lazy)
+	}
+	if f := parse("--lazy=criu/web,vm"); fmt.Sprint(f.lazy) != "[criu/web vm]" {
+		t.Fatalf("--lazy=criu/web,vm = %v", f.lazy)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "ckpt.toml"), []byte("[restore]\nhuge_pages = true\nlazy = [\"criu\"]\n"), 0o644)
+	cfg, err := loadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f engineFlags
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	f.addRestore(fs)
+	if err := applyConfig(fs, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if !f.hugePages || fmt.Sprint(f.lazy) != "[criu]" {
+		t.Fatalf("[restore] in ckpt.toml: huge pages %v, lazy %v", f.hugePages, f.lazy)
+	}
+}
