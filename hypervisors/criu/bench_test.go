@@ -63,39 +63,22 @@ func benchDumpRestore(b *testing.B, mib int, mode string) {
 	var st criuStats
 	for range b.N {
 		b.StopTimer()
-		c, w := startBenchContainer(b, root, mib)
-		r := testenv.Region(b, "/dev/shm", memregion.KindDir, 0)
+		c, _ := startBenchContainer(b, root, mib)
 		b.StartTimer()
-		if err := be.Freeze(ctx, w); err != nil {
-			b.Fatal(err)
-		}
-		start := time.Now()
-		rec, err := be.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: w.ID})
-		if err != nil {
-			b.Fatal(err)
-		}
-		dumpT += time.Since(start)
-		m := &memregion.Manifest{}
-		if err := r.Seal(ctx, m); err != nil {
-			b.Fatal(err)
-		}
-		if err := be.Finish(ctx, w); err != nil {
-			b.Fatal(err)
-		}
-		m, err = r.Manifest()
-		if err != nil {
-			b.Fatal(err)
-		}
-		bytes += m.TotalBytes()
+		w, rec, src, took := suspended(b, be, c)
+		dumpT += took
+		bytes += src.Manifest.TotalBytes()
 		st.add(rec)
 		undo := func() error { return nil }
 		if mode != "host" {
-			if undo, _, err = thp.AlwaysWhile(); err != nil {
+			u, _, err := thp.AlwaysWhile()
+			if err != nil {
 				b.Fatal(err)
 			}
+			undo = u
 		}
-		start = time.Now()
-		err = be.Restore(ctx, w, rec, hypervisors.RegionSource{Region: r, Manifest: m, Prefix: w.ID})
+		start := time.Now()
+		err := be.Restore(ctx, w, rec, src)
 		restoreT += time.Since(start)
 		if uerr := undo(); err == nil {
 			err = uerr
@@ -105,8 +88,7 @@ func benchDumpRestore(b *testing.B, mib int, mode string) {
 		}
 		b.StopTimer()
 		st.addRestore(be, w.ID)
-		memcpyT += testenv.MemcpyTime(m.TotalBytes())
-		_ = c
+		memcpyT += testenv.MemcpyTime(src.Manifest.TotalBytes())
 		b.StartTimer()
 	}
 	gbps := func(d time.Duration) float64 { return float64(bytes) / d.Seconds() / 1e9 }
