@@ -969,3 +969,64 @@ func TestLazyResume(t *testing.T) {
 		t.Fatalf("a/y ran after %.3fs, its pages were in after %.3fs", w.Seconds, w.PagesInS)
 	}
 }
+
+// liveFake is a fake whose pre-dump leaves work under way (a VM's
+// pre-copy): it records which workloads were journalled before their
+// pre-dump began, and which pre-copies a Thaw ended.
+type liveFake struct {
+	*fake
+	journal      string
+	failPre      string
+	journalled   map[string]bool
+	preCopies    map[string]bool // under way
+	preCopyEnded []string
+}
+
+func (f *liveFake) PreDumpLeavesWork() {}
+
+func (f *liveFake) PreDump(_ context.Context, w hypervisors.Workload, _ hypervisors.ObjectSink) error {
+	j, err := journal.Read(f.journal)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.journalled[w.ID] = err == nil && j != nil && slices.Contains(j.Freezes, f.name+"/"+w.ID)
+	if w.ID == f.failPre {
+		return errors.New("injected pre-dump failure")
+	}
+	f.preCopies[w.ID] = true
+	return nil
+}
+
+func (f *liveFake) Thaw(ctx context.Context, w hypervisors.Workload) error {
+	f.mu.Lock()
+	if f.preCopies[w.ID] {
+		delete(f.preCopies, w.ID)
+		f.preCopyEnded = append(f.preCopyEnded, w.ID)
+	}
+	f.mu.Unlock()
+	return f.fake.Thaw(ctx, w)
+}
+
+// TestLivePreDumpIsUndone: a pre-dump that leaves work under way is
+// journalled like a freeze before it begins, and a suspend that fails
+// later in the pre-dump phase ends it (Thaw) though nothing was frozen.
+func TestLivePreDumpIsUndone(t *testing.T) {
+	e := newEnv(t, memregion.KindDir, 0)
+	a := &liveFake{fake: newFake("a", map[string]int64{"x": 4 << 20, "bad": 1 << 20}), journal: e.journal,
+		failPre: "bad", journalled: map[string]bool{}, preCopies: map[string]bool{}}
+	o := e.opts(a)
+	o.PreDump = true
+	_, err := suspend(t, context.Background(), o)
+	var pe *checkpoint.PhaseError
+	if !errors.As(err, &pe) || pe.Phase != "pre-dump" || pe.Rollback != nil {
+		t.Fatalf("suspend = %v; want a pre-dump failure, rolled back", err)
+	}
+	if !a.journalled["x"] || !a.journalled["bad"] {
+		t.Fatalf("journalled before their pre-dump: %v; want both", a.journalled)
+	}
+	if len(a.preCopies) != 0 || !slices.Contains(a.preCopyEnded, "x") {
+		t.Fatalf("pre-copies still under way %v, ended %v; want x's ended", a.preCopies, a.preCopyEnded)
+	}
+	if a.state("x") != "running" || a.state("bad") != "running" {
+		t.Fatalf("x %s, bad %s after the rollback", a.state("x"), a.state("bad"))
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -182,29 +183,72 @@ func (s *suspendRun) rescue(key string, record json.RawMessage) error {
 	return nil
 }
 
-// preDump copies memory ahead of the freeze, where backends can.
+// preDump copies memory ahead of the freeze, where backends can: first
+// one workload at a time (CRIU's pre-dumps, which leave nothing behind),
+// then the live ones (hypervisors.LivePreDumper: the VMs' pre-copies,
+// whose VMs QEMU stops at their end) all at once, right before the
+// freeze, so that none waits long stopped for the others.
 func (s *suspendRun) preDump(ctx context.Context) error {
 	if !s.opts.PreDump {
 		return nil
 	}
 	start := time.Now()
-	for _, pl := range s.p.Workloads {
+	var live []int
+	for i, pl := range s.p.Workloads {
 		pd, ok := pl.backend.(hypervisors.PreDumper)
 		if !ok {
 			continue
 		}
-		err := pd.PreDump(ctx, pl.Workload, hypervisors.RegionSink{Region: s.r, Prefix: ObjectPrefix(pl.Workload)})
-		if errors.Is(err, hypervisors.ErrNotSupported) {
-			s.log.Info("no pre-dump", "workload", pl.Key, "reason", err)
+		if _, ok := pd.(hypervisors.LivePreDumper); ok {
+			live = append(live, i)
 			continue
 		}
-		if err != nil {
+		if err := s.preDumpOne(ctx, i, pd); err != nil {
 			return s.rollback(ctx, "pre-dump", pl.Key, err)
 		}
-		s.opts.emit(Event{Phase: "predump", Workload: pl.Key})
+	}
+	if len(live) > 0 {
+		// What they start runs on until the Dump: journalled and undone
+		// (Thaw) like a freeze.
+		for _, i := range live {
+			s.j.Freezes = append(s.j.Freezes, s.p.Workloads[i].Key)
+			s.tried[i] = true
+		}
+		if err := s.saveJournal(); err != nil {
+			return s.rollback(ctx, "journal", "", err)
+		}
+		g, gctx := errgroup.WithContext(ctx)
+		var first firstKey
+		for _, i := range live {
+			g.Go(func() error {
+				err := s.preDumpOne(gctx, i, s.p.Workloads[i].backend.(hypervisors.PreDumper))
+				if err != nil {
+					first.set(s.p.Workloads[i].Key)
+				}
+				return err
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return s.rollback(ctx, "pre-dump", first.get(), err)
+		}
 	}
 	s.phase("predump", start)
 	return nil
+}
+
+// preDumpOne pre-dumps workload i; a backend that cannot (here, now) is
+// no failure.
+func (s *suspendRun) preDumpOne(ctx context.Context, i int, pd hypervisors.PreDumper) error {
+	pl := s.p.Workloads[i]
+	err := pd.PreDump(ctx, pl.Workload, hypervisors.RegionSink{Region: s.r, Prefix: ObjectPrefix(pl.Workload)})
+	if errors.Is(err, hypervisors.ErrNotSupported) {
+		s.log.Info("no pre-dump", "workload", pl.Key, "reason", err)
+		return nil
+	}
+	if err == nil {
+		s.opts.emit(Event{Phase: "predump", Workload: pl.Key})
+	}
+	return err
 }
 
 // freezeAll freezes every workload at once. Every freeze is journalled
@@ -213,7 +257,9 @@ func (s *suspendRun) preDump(ctx context.Context) error {
 func (s *suspendRun) freezeAll(ctx context.Context) error {
 	start := time.Now()
 	for _, pl := range s.p.Workloads {
-		s.j.Freezes = append(s.j.Freezes, pl.Key)
+		if !slices.Contains(s.j.Freezes, pl.Key) {
+			s.j.Freezes = append(s.j.Freezes, pl.Key)
+		}
 	}
 	if err := s.saveJournal(); err != nil {
 		return s.rollback(ctx, "journal", "", err)

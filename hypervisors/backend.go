@@ -80,6 +80,15 @@ type LazyRestorer interface {
 	RestoreLazy(ctx context.Context, w Workload, recipe json.RawMessage, src ObjectSource) (wait func() error, err error)
 }
 
+// LivePreDumper is a PreDumper whose PreDump leaves work under way in
+// the running workload until its Dump (a VM's migration): a suspend that
+// ends before the Dump must Thaw it, and the engine journals it like a
+// freeze before PreDump begins, so that a recover does too.
+type LivePreDumper interface {
+	PreDumper
+	PreDumpLeavesWork()
+}
+
 // SizeEstimator predicts a Dump's bytes better than Workload.MemoryBytes.
 type SizeEstimator interface {
 	EstimateSize(ctx context.Context, w Workload) (int64, error)

@@ -53,36 +53,69 @@ func setMapped(ctx context.Context, v *vm, n int) error {
 }
 
 // migrateMapped saves the VM into a file in a directory region with
-// mapped-ram and n multifd channels, and adopts it as mappedObject. The
-// capabilities are switched off again whatever happens, so the VM's
-// later migrations (by libvirt, say) are not changed behind its back.
+// mapped-ram and n multifd channels, and adopts it as mappedObject.
 func (b *Backend) migrateMapped(ctx context.Context, v *vm, ds hypervisors.DirectSink, n int) (*Migration, error) {
+	o, err := b.startMapped(ctx, v, ds, n)
+	if err != nil {
+		return nil, err
+	}
+	return o.finish(ctx)
+}
+
+// outgoing is a mapped-ram migration under way: finish waits for its end
+// and adopts its file, abort cancels it and drops the file. Either puts
+// the capabilities back, so the VM's later migrations (by libvirt, say)
+// are not changed behind its back.
+type outgoing struct {
+	rec    recipe // for a pre-copy: what its Dump returns
+	start  time.Time
+	finish func(ctx context.Context) (*Migration, error)
+	abort  func(ctx context.Context)
+}
+
+// startMapped begins the migration of the VM into the file mappedObject
+// of ds.
+func (b *Backend) startMapped(ctx context.Context, v *vm, ds hypervisors.DirectSink, n int) (*outgoing, error) {
 	dir, err := ds.Dir(filepath.Dir(mappedObject))
 	if err != nil {
 		return nil, err
 	}
 	path := filepath.Join(dir, filepath.Base(mappedObject))
+	unset := func() {
+		bg := context.WithoutCancel(ctx)
+		untilSettled(bg, func() error { return setMapped(bg, v, 0) })
+	}
 	if err := setMapped(ctx, v, n); err != nil {
+		unset()
 		return nil, err
 	}
-	defer untilSettled(context.WithoutCancel(ctx), func() error { return setMapped(context.WithoutCancel(ctx), v, 0) })
-	start := time.Now()
+	o := &outgoing{start: time.Now()}
 	if err := v.mon.Execute(ctx, "migrate", map[string]any{"uri": "file:" + path}, nil); err != nil {
 		b.endMigration(ctx, v) // a "migrate" whose answer was cut short may have started
 		os.Remove(path)
+		unset()
 		return nil, err
 	}
-	m, err := b.waitMigration(ctx, v, "migration out")
-	if err != nil {
-		b.endMigration(ctx, v) // QEMU closes the file
+	o.finish = func(ctx context.Context) (*Migration, error) {
+		defer unset()
+		m, err := b.waitMigration(ctx, v, "migration out")
+		if err != nil {
+			b.endMigration(ctx, v) // QEMU closes the file
+			os.Remove(path)
+			return m, err
+		}
+		m.WallMS = time.Since(o.start).Milliseconds()
+		if err := ds.Adopt(mappedObject); err != nil {
+			return m, fmt.Errorf("adopting %s: %w", mappedObject, err)
+		}
+		return m, nil
+	}
+	o.abort = func(ctx context.Context) {
+		b.cancelMigration(ctx, v)
 		os.Remove(path)
-		return m, err
+		unset()
 	}
-	m.WallMS = time.Since(start).Milliseconds()
-	if err := ds.Adopt(mappedObject); err != nil {
-		return m, fmt.Errorf("adopting %s: %w", mappedObject, err)
-	}
-	return m, nil
+	return o, nil
 }
 
 // migrateInMapped loads a mapped-ram state file in place.

@@ -41,14 +41,20 @@ type Migration struct {
 		Duplicate   int64   `json:"duplicate"`
 		Normal      int64   `json:"normal"`
 		Mbps        float64 `json:"mbps"`
+		// DirtySyncCount is 2 once all RAM was sent once.
+		DirtySyncCount int64 `json:"dirty-sync-count"`
 	} `json:"ram,omitempty"`
+	// DowntimeMS is QEMU's account of how long the VM was stopped for
+	// the migration (with a pre-copy: the last dirty pages and devices).
+	DowntimeMS int64 `json:"downtime,omitempty"`
 	ErrorDesc string `json:"error-desc,omitempty"`
 	WallMS    int64  `json:"wall_ms"` // ckpt's own measurement
 }
 
 // Dump implements hypervisors.Backend: the stopped VM's state goes through
 // a pipe into the object "state". On any failure the migration is
-// cancelled; Thaw continues the VM.
+// cancelled; Thaw continues the VM. A VM whose PreDump began a pre-copy
+// ends that migration instead (see precopy.go).
 func (b *Backend) Dump(ctx context.Context, w hypervisors.Workload, dst hypervisors.ObjectSink) (json.RawMessage, error) {
 	v, err := b.vmOf(ctx, w)
 	if err != nil {
@@ -56,26 +62,44 @@ func (b *Backend) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	l, err := launchOf(v.mon.PID)
+	if v.out != nil {
+		return b.endPreCopy(ctx, v, w)
+	}
+	rec, ds, memBytes, err := b.recipeFor(ctx, v, w, dst)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.raiseBandwidth(ctx, v); err != nil {
+		return nil, err
+	}
+	var stats *Migration
+	switch {
+	case rec.CPR != nil:
+		stats, err = b.migrateCPR(ctx, v, dst)
+	case rec.Mapped != nil:
+		stats, err = b.migrateMapped(ctx, v, ds, rec.Mapped.Channels)
+	default:
+		stats, err = b.migrateStream(ctx, v, dst, memBytes)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dump %s: %w", w.ID, err)
 	}
+	rec.Stats = stats
+	b.log.Debug("dumped VM", "workload", w.ID, "stats", stats)
+	return json.Marshal(rec)
+}
+
+// recipeFor decides how the VM is dumped into dst: its RAM left in place
+// (cpr-reboot), a mapped-ram file in a directory region, or a stream. It
+// returns the DirectSink of a mapped-ram dump and the VM's RAM size.
+func (b *Backend) recipeFor(ctx context.Context, v *vm, w hypervisors.Workload, dst hypervisors.ObjectSink) (recipe, hypervisors.DirectSink, int64, error) {
+	l, err := launchOf(v.mon.PID)
+	if err != nil {
+		return recipe{}, nil, 0, fmt.Errorf("dump %s: %w", w.ID, err)
+	}
 	wd, err := b.describe(ctx, v)
 	if err != nil {
-		return nil, err
-	}
-	// Raise the bandwidth limit; Thaw puts the old one back.
-	var params map[string]json.RawMessage
-	if err := v.mon.Execute(ctx, "query-migrate-parameters", nil, &params); err != nil {
-		return nil, err
-	}
-	if v.bandwidth == nil {
-		v.bandwidth = params["max-bandwidth"]
-	}
-	if b.cfg.MaxBandwidth > 0 {
-		if err := v.mon.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": b.cfg.MaxBandwidth}, nil); err != nil {
-			return nil, err
-		}
+		return recipe{}, nil, 0, err
 	}
 	rec := recipe{ID: w.ID, Socket: v.socket, Launch: l, Running: v.wasRunning, QEMU: wd.Attrs["qemu"]}
 	if c, err := b.preservedRAM(ctx, v, wd.MemoryBytes); err == nil {
@@ -89,21 +113,23 @@ func (b *Backend) Dump(ctx context.Context, w hypervisors.Workload, dst hypervis
 			rec.Mapped = &mapped{Channels: n}
 		}
 	}
-	var stats *Migration
-	switch {
-	case rec.CPR != nil:
-		stats, err = b.migrateCPR(ctx, v, dst)
-	case rec.Mapped != nil:
-		stats, err = b.migrateMapped(ctx, v, ds, rec.Mapped.Channels)
-	default:
-		stats, err = b.migrateStream(ctx, v, dst, wd.MemoryBytes)
+	return rec, ds, wd.MemoryBytes, nil
+}
+
+// raiseBandwidth lifts the migration bandwidth limit to
+// Config.MaxBandwidth; Thaw puts the old one back.
+func (b *Backend) raiseBandwidth(ctx context.Context, v *vm) error {
+	var params map[string]json.RawMessage
+	if err := v.mon.Execute(ctx, "query-migrate-parameters", nil, &params); err != nil {
+		return err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("dump %s: %w", w.ID, err)
+	if v.bandwidth == nil {
+		v.bandwidth = params["max-bandwidth"]
 	}
-	rec.Stats = stats
-	b.log.Debug("dumped VM", "workload", w.ID, "stats", stats)
-	return json.Marshal(rec)
+	if b.cfg.MaxBandwidth > 0 {
+		return v.mon.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": b.cfg.MaxBandwidth}, nil)
+	}
+	return nil
 }
 
 // migrateStream writes the VM's state as one stream into the object
@@ -190,6 +216,15 @@ func (b *Backend) settleMigration(ctx context.Context, v *vm) error {
 	}
 	switch m.Status {
 	case "", "none", "completed", "failed", "cancelled":
+		return nil
+	}
+	var st struct {
+		Running bool `json:"running"`
+	}
+	if err := v.mon.Execute(ctx, "query-status", nil, &st); err == nil && st.Running {
+		// A pre-copy whose ckpt is gone: it would never end by itself.
+		b.log.Info("cancelling a pre-copy still under way", "vm", v.id, "status", m.Status)
+		b.cancelMigration(ctx, v)
 		return nil
 	}
 	b.log.Info("waiting out a migration still under way", "vm", v.id, "status", m.Status)

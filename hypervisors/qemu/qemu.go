@@ -101,6 +101,7 @@ type vm struct {
 	wasRunning bool            // status at Freeze, for Thaw
 	frozeHere  bool            // Freeze ran in this process
 	bandwidth  json.RawMessage // max-bandwidth before the dump
+	out        *outgoing       // a pre-copy under way (PreDump → Dump)
 }
 
 var (
@@ -308,7 +309,10 @@ func (b *Backend) Freeze(ctx context.Context, w hypervisors.Workload) error {
 	if err := v.mon.Execute(qctx, "query-status", nil, &st); err != nil {
 		return err
 	}
-	v.wasRunning, v.frozeHere = st.Running, true
+	if v.out == nil { // a pre-copy saw it running (QEMU may have stopped it since)
+		v.wasRunning = st.Running
+	}
+	v.frozeHere = true
 	return v.mon.Execute(qctx, "stop", nil, nil)
 }
 
@@ -321,6 +325,7 @@ func (b *Backend) Thaw(ctx context.Context, w hypervisors.Workload) error {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	b.abortPreCopy(ctx, v)
 	if err := b.settleMigration(ctx, v); err != nil {
 		return err
 	}
