@@ -31,20 +31,24 @@ var benchModes = []struct {
 	name, emulator string
 	cfg            qemu.Config
 	ramInPlace     bool // RAM a shared file in a preserved dir (cpr-reboot)
+	preCopy        bool // PreDump before the freeze
 }{
-	{"qemu7/defaults", "qemu-system-x86_64", qemu.Config{MaxBandwidth: -1, MultifdChannels: -1}, false},
-	{"qemu7/stream", "qemu-system-x86_64", qemu.Config{MultifdChannels: -1}, false},
-	{"qemu10/stream", "qemu10-system-x86_64", qemu.Config{MultifdChannels: -1}, false},
-	{"qemu10/multifd=1", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 1}, false},
-	{"qemu10/multifd=2", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 2}, false},
-	{"qemu10/multifd=4", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 4}, false},
-	{"qemu10/cpr-reboot", "qemu10-system-x86_64", qemu.Config{}, true},
+	{"qemu7/defaults", "qemu-system-x86_64", qemu.Config{MaxBandwidth: -1, MultifdChannels: -1}, false, false},
+	{"qemu7/stream", "qemu-system-x86_64", qemu.Config{MultifdChannels: -1}, false, false},
+	{"qemu10/stream", "qemu10-system-x86_64", qemu.Config{MultifdChannels: -1}, false, false},
+	{"qemu10/multifd=1", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 1}, false, false},
+	{"qemu10/multifd=2", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 2}, false, false},
+	{"qemu10/multifd=4", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 4}, false, false},
+	{"qemu10/multifd=4+pre-copy", "qemu10-system-x86_64", qemu.Config{MultifdChannels: 4}, false, true},
+	{"qemu10/cpr-reboot", "qemu10-system-x86_64", qemu.Config{}, true, false},
 }
 
 // BenchmarkSaveRestore suspends a TCG guest into a directory region on
 // tmpfs and resumes it. Metrics: save and restore GB/s of guest RAM, QEMU's
-// own total time and bytes transferred, and memcpy GB/s of the same bytes
-// in the same run.
+// own total time and bytes transferred, memcpy GB/s of the same bytes in
+// the same run, and vm-stopped-ms: how long the VM was stopped for its
+// save (from the freeze; with a pre-copy, from QEMU's own stop at the end
+// of its first pass: QEMU's downtime plus the freeze and dump after it).
 func BenchmarkSaveRestore(b *testing.B) {
 	testenv.RequireRoot(b)
 	for _, mib := range benchGuests() {
@@ -70,7 +74,7 @@ func BenchmarkSaveRestore(b *testing.B) {
 					b.Fatal(err)
 				}
 				ctx := context.Background()
-				var save, restore, memcpyT, qemuT time.Duration
+				var save, restore, memcpyT, qemuT, stopped, pre time.Duration
 				var ram, transferred int64
 				for range b.N {
 					b.StopTimer()
@@ -82,6 +86,15 @@ func BenchmarkSaveRestore(b *testing.B) {
 					}
 					w := ws[0]
 					b.StartTimer()
+					var preDone time.Time
+					if mode.preCopy {
+						start := time.Now()
+						if err := be.PreDump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: w.ID}); err != nil {
+							b.Fatal(err)
+						}
+						preDone = time.Now()
+						pre += preDone.Sub(start)
+					}
 					if err := be.Freeze(ctx, w); err != nil {
 						b.Fatal(err)
 					}
@@ -95,6 +108,11 @@ func BenchmarkSaveRestore(b *testing.B) {
 						Stats qemu.Migration `json:"stats"`
 					}
 					json.Unmarshal(raw, &rec)
+					if mode.preCopy {
+						stopped += time.Duration(rec.Stats.DowntimeMS)*time.Millisecond + time.Since(preDone)
+					} else {
+						stopped += time.Since(start)
+					}
 					qemuT += time.Duration(rec.Stats.TotalTimeMS) * time.Millisecond
 					if rec.Stats.RAM != nil {
 						transferred += rec.Stats.RAM.Transferred
@@ -133,6 +151,10 @@ func BenchmarkSaveRestore(b *testing.B) {
 				b.ReportMetric(restore.Seconds()/float64(b.N)*1e3, "restore-ms")
 				b.ReportMetric(qemuT.Seconds()/float64(b.N)*1e3, "qemu-total-ms")
 				b.ReportMetric(float64(transferred)/float64(b.N)/(1<<20), "qemu-MiB")
+				b.ReportMetric(stopped.Seconds()/float64(b.N)*1e3, "vm-stopped-ms")
+				if mode.preCopy {
+					b.ReportMetric(pre.Seconds()/float64(b.N)*1e3, "pre-copy-ms")
+				}
 			})
 		}
 	}
