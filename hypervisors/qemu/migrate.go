@@ -46,9 +46,9 @@ type Migration struct {
 	} `json:"ram,omitempty"`
 	// DowntimeMS is QEMU's account of how long the VM was stopped for
 	// the migration (with a pre-copy: the last dirty pages and devices).
-	DowntimeMS int64 `json:"downtime,omitempty"`
-	ErrorDesc string `json:"error-desc,omitempty"`
-	WallMS    int64  `json:"wall_ms"` // ckpt's own measurement
+	DowntimeMS int64  `json:"downtime,omitempty"`
+	ErrorDesc  string `json:"error-desc,omitempty"`
+	WallMS     int64  `json:"wall_ms"` // ckpt's own measurement
 }
 
 // Dump implements hypervisors.Backend: the stopped VM's state goes through
