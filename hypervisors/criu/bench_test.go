@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -99,15 +100,25 @@ func benchDumpRestore(b *testing.B, mib int, mode string) {
 }
 
 // BenchmarkParallelDump dumps two containers one after the other and then
-// both at once, in the same iteration, and reports the speed-up.
+// both at once, in the same iteration, and reports the speed-up, with
+// what says where the time goes: CRIU's own memdump (the parasite
+// draining pages) and memwrite (writing them out) per dump, and the CPU
+// time of runc and CRIU (getrusage of the waited-for children) over the
+// wall time: near the machine's CPU count means the dumps are CPU-bound.
 func BenchmarkParallelDump(b *testing.B) {
 	const mib = 512
 	root := filepath.Join(b.TempDir(), "runc")
 	be := newBackendTB(b, root)
 	ctx := context.Background()
-	var seqT, parT time.Duration
+	type account struct {
+		wall, cpu time.Duration
+		st        criuStats
+	}
+	var acc [2]account // sequential, parallel
+	var memcpyT time.Duration
+	var bytes int64
 	for range b.N {
-		for _, parallel := range []bool{false, true} {
+		for i, parallel := range []bool{false, true} {
 			b.StopTimer()
 			_, w1 := startBenchContainer(b, root, mib)
 			_, w2 := startBenchContainer(b, root, mib)
@@ -117,35 +128,68 @@ func BenchmarkParallelDump(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+			cpu0 := childrenCPU()
 			b.StartTimer()
 			start := time.Now()
-			dump := func(w hypervisors.Workload) error {
-				_, err := be.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: w.ID})
-				return err
-			}
+			var recs [2]json.RawMessage
 			var errs [2]error
+			dump := func(i int, w hypervisors.Workload) {
+				recs[i], errs[i] = be.Dump(ctx, w, hypervisors.RegionSink{Region: r, Prefix: w.ID})
+			}
 			if parallel {
 				var wg sync.WaitGroup
 				for i, w := range []hypervisors.Workload{w1, w2} {
 					wg.Add(1)
-					go func() { defer wg.Done(); errs[i] = dump(w) }()
+					go func() { defer wg.Done(); dump(i, w) }()
 				}
 				wg.Wait()
-				parT += time.Since(start)
 			} else {
-				errs[0], errs[1] = dump(w1), dump(w2)
-				seqT += time.Since(start)
+				dump(0, w1)
+				dump(1, w2)
 			}
-			for _, err := range errs {
+			acc[i].wall += time.Since(start)
+			b.StopTimer()
+			acc[i].cpu += childrenCPU() - cpu0
+			for j, err := range errs {
 				if err != nil {
 					b.Fatal(err)
 				}
+				acc[i].st.add(recs[j])
 			}
+			if parallel {
+				n, err := r.Written()
+				if err != nil {
+					b.Fatal(err)
+				}
+				bytes += n
+				memcpyT += testenv.MemcpyTime(n)
+			}
+			b.StartTimer()
 		}
 	}
-	b.ReportMetric(seqT.Seconds()/float64(b.N), "sequential-s")
-	b.ReportMetric(parT.Seconds()/float64(b.N), "parallel-s")
-	b.ReportMetric(seqT.Seconds()/parT.Seconds(), "speedup")
+	seq, par := acc[0], acc[1]
+	b.ReportMetric(seq.wall.Seconds()/float64(b.N), "sequential-s")
+	b.ReportMetric(par.wall.Seconds()/float64(b.N), "parallel-s")
+	b.ReportMetric(seq.wall.Seconds()/par.wall.Seconds(), "speedup")
+	for _, a := range []struct {
+		name string
+		account
+	}{{"seq", seq}, {"par", par}} {
+		n := float64(a.st.n)
+		b.ReportMetric(a.st.memdump/n*1e3, a.name+"-memdump-ms")
+		b.ReportMetric(a.st.memwrite/n*1e3, a.name+"-memwrite-ms")
+		b.ReportMetric(a.cpu.Seconds()/a.wall.Seconds(), a.name+"-cpus-busy")
+	}
+	b.ReportMetric(float64(bytes)/par.wall.Seconds()/1e9, "parallel-GB/s")
+	b.ReportMetric(float64(bytes)/memcpyT.Seconds()/1e9, "memcpy-GB/s")
+}
+
+// childrenCPU is the user and system time of this process's waited-for
+// descendants (runc, and the CRIU it waits for).
+func childrenCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 type criuStats struct {
