@@ -29,8 +29,14 @@ type Options struct {
 	// Skipped are the backends that declined to load, with why
 	// (hypervisors.Load's skipped); the plan reports them.
 	Skipped map[string]error
-	// Concurrency is how many workloads dump at once (default: measured,
-	// see MeasureConcurrency, at most 4).
+	// Concurrency is how many workloads dump at once (default: one per
+	// CPU this process may use, GOMAXPROCS). A CRIU dump keeps about one
+	// CPU busy and moves pages at a small fraction of the memory
+	// bandwidth (hypervisors/criu BenchmarkParallelDump: one dump at a
+	// time 0.86 CPUs busy, two at once 1.59 on two CPUs, 1.58× faster,
+	// 2.1 GB/s against 11 GB/s memcpy), so CPUs, not memory bandwidth,
+	// bound how many run at once; every workload stays frozen until the
+	// commit, so finishing them all sooner shortens every blackout.
 	Concurrency int
 	// Headroom is extra space the region must have beyond the workloads'
 	// memory (default 10 % + 64 MiB: images carry metadata).
@@ -70,13 +76,11 @@ type Options struct {
 	// Events receives progress events (may be nil). It is called from
 	// several goroutines.
 	Events func(Event)
-
-	measured []Bandwidth // how Concurrency was chosen
 }
 
 func (o Options) withDefaults() Options {
 	if o.Concurrency <= 0 {
-		o.Concurrency, o.measured = MeasureConcurrency(min(runtime.NumCPU(), 4))
+		o.Concurrency = runtime.GOMAXPROCS(0)
 	}
 	if o.Journal == "" {
 		o.Journal = DefaultJournal
@@ -314,7 +318,6 @@ type Result struct {
 	Workloads   []WorkloadResult   `json:"workloads"`
 	Bytes       int64              `json:"bytes"`
 	Concurrency int                `json:"concurrency"`
-	Bandwidth   []Bandwidth        `json:"memcpy_bandwidth,omitempty"` // how Concurrency was chosen
 	GBps        float64            `json:"dump_gbps"`
 	Phases      map[string]float64 `json:"phases_s"`
 	// PeakExtraRAM is the most memory the dump took beyond the region

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -245,13 +246,13 @@ func TestSuspendAndResume(t *testing.T) {
 	b := newFake("b", map[string]int64{"z": 2 << 20})
 	ctx := context.Background()
 	o := e.opts(a, b)
-	o.Concurrency = 0 // measured
+	o.Concurrency = 0 // the default
 	res, err := suspend(t, ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Concurrency < 1 || len(res.Bandwidth) == 0 {
-		t.Fatalf("concurrency %d chosen from %v", res.Concurrency, res.Bandwidth)
+	if res.Concurrency != runtime.GOMAXPROCS(0) {
+		t.Fatalf("concurrency %d; want one dump per CPU (%d)", res.Concurrency, runtime.GOMAXPROCS(0))
 	}
 	if res.Bytes != 6<<20 || len(res.Workloads) != 3 {
 		t.Fatalf("result %+v", res)

@@ -50,14 +50,9 @@ func (p *Plan) estimateFrozen() {
 		return
 	}
 	best := 0.0
-	for _, m := range p.Options.measured {
+	_, ms := MeasureConcurrency(1)
+	for _, m := range ms {
 		best = max(best, m.GBps)
-	}
-	if best == 0 {
-		_, ms := MeasureConcurrency(1)
-		for _, m := range ms {
-			best = max(best, m.GBps)
-		}
 	}
 	if best > 0 {
 		p.EstimatedFrozenS = float64(p.Bytes) / (best * 1e9)

@@ -16,7 +16,6 @@ import (
 	"github.com/ckpt-dev/ckpt/journal"
 	"github.com/ckpt-dev/ckpt/memregion"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/semaphore"
 )
 
 // DefaultCleanupTimeout bounds a rollback, a finish and a recover, which
@@ -144,7 +143,7 @@ type suspendRun struct {
 func newSuspendRun(p *Plan, r *memregion.Region) *suspendRun {
 	opts := p.Options
 	s := &suspendRun{p: p, opts: opts, log: opts.Logger, r: r,
-		res:      &Result{RegionID: r.ID(), Concurrency: opts.Concurrency, Bandwidth: opts.measured, Phases: map[string]float64{}},
+		res:      &Result{RegionID: r.ID(), Concurrency: opts.Concurrency, Phases: map[string]float64{}},
 		j:        &Journal{Path: opts.Journal, Region: opts.Region, State: StateFreezing},
 		tried:    make([]bool, len(p.Workloads)),
 		frozenAt: make([]time.Time, len(p.Workloads)),
@@ -410,30 +409,20 @@ type dumpError struct {
 func (e *dumpError) Error() string { return e.key + ": " + e.err.Error() }
 func (e *dumpError) Unwrap() error { return e.err }
 
-// dumpParallel dumps every workload with at most Concurrency at once and
-// a byte budget of the Concurrency largest workloads, in plan order
-// (largest first). The first failure cancels the others; it returns only
+// dumpParallel dumps every workload with at most Concurrency at once, in
+// plan order: largest first, so the longest dumps do not start last.
+// (A byte budget of the Concurrency largest workloads, which this once
+// also kept, never bound: in that order no Concurrency workloads can
+// weigh more than the largest ones.) The first failure cancels the others; it returns only
 // once every dump has returned (and each backend waits for its own tools).
 func (s *suspendRun) dumpParallel(ctx context.Context) error {
-	var budget int64
-	for i, pl := range s.p.Workloads {
-		if i < s.opts.Concurrency {
-			budget += max(pl.Bytes, 1)
-		}
-	}
-	budget = max(budget, 1)
-	sem := semaphore.NewWeighted(budget)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.opts.Concurrency)
 	for i, pl := range s.p.Workloads {
-		weight := min(max(pl.Bytes, 1), budget)
-		if err := sem.Acquire(gctx, weight); err != nil {
+		if gctx.Err() != nil {
 			break // a dump failed or ctx is done; g.Wait reports it
 		}
-		g.Go(func() error {
-			defer sem.Release(weight)
-			return s.dumpOne(gctx, i, pl)
-		})
+		g.Go(func() error { return s.dumpOne(gctx, i, pl) })
 	}
 	if err := g.Wait(); err != nil {
 		return err
