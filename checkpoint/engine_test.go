@@ -878,8 +878,16 @@ func TestPlanChecksStagingRAM(t *testing.T) {
 // killed it).
 type lazyFake struct {
 	*fake
-	started chan string
-	pages   chan error
+	started  chan string
+	pages    chan error
+	finished []string
+}
+
+func (f *lazyFake) Finish(ctx context.Context, w hypervisors.Workload) error {
+	f.mu.Lock()
+	f.finished = append(f.finished, w.ID)
+	f.mu.Unlock()
+	return f.fake.Finish(ctx, w)
 }
 
 func (f *lazyFake) RestoreLazy(ctx context.Context, w hypervisors.Workload, recipe json.RawMessage, src hypervisors.ObjectSource) (func() error, error) {
@@ -950,6 +958,11 @@ func TestLazyResume(t *testing.T) {
 	if !sealed() {
 		t.Fatal("the region was released before y's pages were in")
 	}
+	// What a resume killed at this point leaves on disk.
+	interrupted, err := os.ReadFile(e.state)
+	if err != nil || !strings.Contains(string(interrupted), `"lazy":["a/y"]`) {
+		t.Fatalf("resume state while y's pages come: %s, %v; want a/y recorded as lazy", interrupted, err)
+	}
 	a.pages <- errors.New("injected: the page server died")
 	r := <-done
 	if !errors.Is(r.err, restore.ErrPartial) || len(r.rr.Failed) != 1 || r.rr.Failed[0].Key != "a/y" || r.rr.Released {
@@ -959,12 +972,20 @@ func TestLazyResume(t *testing.T) {
 		t.Fatalf("after the failure: sealed %v, y %s", sealed(), a.state("y"))
 	}
 
+	// A resume killed while y's pages came: the next one ends y first
+	// (its pages may never have come), then restores it again.
+	if err := os.WriteFile(e.state, interrupted, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	done = resume("all")
 	<-a.started
 	a.pages <- nil
 	r = <-done
 	if r.err != nil || len(r.rr.Restored) != 1 || !r.rr.Released {
 		t.Fatalf("second resume = %+v, %v; want a/y back, then the release", r.rr, r.err)
+	}
+	if !slices.Contains(a.finished, "y") || a.state("y") != "running" {
+		t.Fatalf("after the interrupted lazy restore: finished %v, y %s; want y ended, then restored", a.finished, a.state("y"))
 	}
 	if w := r.rr.Restored[0]; w.PagesInS < w.Seconds || w.Seconds <= 0 {
 		t.Fatalf("a/y ran after %.3fs, its pages were in after %.3fs", w.Seconds, w.PagesInS)

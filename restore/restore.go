@@ -39,7 +39,8 @@ var ErrPartial = errors.New("some workloads could not be resumed")
 type Options struct {
 	Region   string
 	Backends []hypervisors.Backend
-	// Concurrency is how many workloads restore at once (default: CPUs).
+	// Concurrency is how many workloads restore at once (default: one per
+	// CPU, GOMAXPROCS).
 	Concurrency int
 	// Order lists workload keys ("backend/id"), kinds ("vm") or backends
 	// ("qemu") to restore first, in waves, in this order; the rest follow.
@@ -64,12 +65,16 @@ type Options struct {
 	// restored, and the region is released, only once all of its pages
 	// are in; one whose pages could not all be served is killed, counts
 	// as failed and keeps its images. The others are restored in full.
+	// The next wave (Order) starts once a lazy workload runs, not once
+	// its pages are in.
 	Lazy []string
 	// State and Journal default to DefaultState and
 	// journal.DefaultJournal.
 	State, Journal string
 	Logger         *slog.Logger
-	Events         func(journal.Event)
+	// Events receives progress events (may be nil); it is called from
+	// several goroutines.
+	Events func(journal.Event)
 }
 
 // Result says what happened to each workload.
@@ -109,6 +114,11 @@ type state struct {
 	Restored   []string `json:"restored"`
 	// Failed says why each workload that is not back failed last time.
 	Failed map[string]string `json:"failed,omitempty"`
+	// Lazy are the workloads that run, restored lazily, while their
+	// pages come: should this resume end before they are all in, the
+	// next one ends them (their pages may never come) and restores them
+	// again.
+	Lazy []string `json:"lazy,omitempty"`
 }
 
 // State is what ckpt status shows of a resume in progress.
@@ -159,6 +169,7 @@ func ResumeHeld(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	todo = run.thawOriginals(ctx, todo)
+	run.endInterruptedLazy(ctx, todo)
 	// A resume killed while it had huge pages on left them on.
 	if err := thp.PutBack(); err != nil {
 		run.log.Warn("transparent huge pages: madvise not put back", "error", err)
@@ -190,7 +201,7 @@ func ResumeHeld(ctx context.Context, opts Options) (*Result, error) {
 
 func (o Options) withDefaults() Options {
 	if o.Concurrency <= 0 {
-		o.Concurrency = runtime.NumCPU()
+		o.Concurrency = runtime.GOMAXPROCS(0)
 	}
 	if o.State == "" {
 		o.State = DefaultState
@@ -298,6 +309,7 @@ func (run *resumeRun) restoreWave(ctx context.Context, wave []memregion.Workload
 			o := outcome{took: time.Since(t0), running: time.Now()}
 			run.log.Info("running, its pages follow", "workload", recordKey(rec), "after", o.took.Round(time.Millisecond))
 			run.emit(journal.Event{Phase: "running", Workload: recordKey(rec), Elapsed: o.took.Seconds()})
+			run.lazyRunning(rec)
 			run.lazy.Add(1)
 			go func() {
 				defer run.lazy.Done()
@@ -375,6 +387,7 @@ func (run *resumeRun) done(rec memregion.WorkloadRecord, o outcome) {
 			run.st.Failed = map[string]string{}
 		}
 		run.st.Failed[k] = wr.Error
+		run.st.Lazy = slices.DeleteFunc(run.st.Lazy, func(l string) bool { return l == k })
 		if err := writeState(run.opts.State, run.st); err != nil {
 			run.log.Error("recording the failure", "err", err)
 		}
@@ -385,11 +398,44 @@ func (run *resumeRun) done(rec memregion.WorkloadRecord, o outcome) {
 	run.res.Restored = append(run.res.Restored, wr)
 	run.st.Restored = append(run.st.Restored, k)
 	delete(run.st.Failed, k)
+	run.st.Lazy = slices.DeleteFunc(run.st.Lazy, func(l string) bool { return l == k })
 	if err := writeState(run.opts.State, run.st); err != nil {
 		run.log.Error("recording the restore", "err", err)
 	}
 	run.emit(journal.Event{Phase: "restore", Workload: k, Elapsed: took.Seconds()})
 	journal.Failpoint("restore:one")
+}
+
+// lazyRunning records, on disk at once, that rec runs while its pages
+// come.
+func (run *resumeRun) lazyRunning(rec memregion.WorkloadRecord) {
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	run.st.Lazy = append(run.st.Lazy, recordKey(rec))
+	if err := writeState(run.opts.State, run.st); err != nil {
+		run.log.Error("recording a lazy restore under way", "err", err)
+	}
+}
+
+// endInterruptedLazy ends the workloads an earlier resume restored lazily
+// and did not see through (it was killed): whether all their pages came
+// is unknown, so they are ended (the backend's Finish) and restored
+// again from the images, which the region kept.
+func (run *resumeRun) endInterruptedLazy(ctx context.Context, todo []memregion.WorkloadRecord) {
+	for _, rec := range todo {
+		k := recordKey(rec)
+		if !slices.Contains(run.st.Lazy, k) {
+			continue
+		}
+		run.log.Warn("an earlier resume restored this lazily and ended before all its pages were in: ending it, to restore it again", "workload", k)
+		if b := run.backend(rec.Backend); b != nil {
+			w := hypervisors.Workload{ID: rec.ID, Kind: rec.Kind, Backend: rec.Backend, MemoryBytes: rec.MemoryBytes}
+			if err := b.Finish(ctx, w); err != nil {
+				run.log.Warn("ending it", "workload", k, "err", err)
+			}
+		}
+		run.st.Lazy = slices.DeleteFunc(run.st.Lazy, func(l string) bool { return l == k })
+	}
 }
 
 // thawOriginals handles a resume on the boot that made the checkpoint

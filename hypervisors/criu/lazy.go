@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ckpt-dev/ckpt/hypervisors"
 	"golang.org/x/sys/unix"
 )
 
@@ -67,20 +68,28 @@ func (r *Runtime) startLazyPages(id, img, work string) (*lazyPages, error) {
 		"--log-file", "lazy-pages.log", "--status-fd", "3")
 	cmd.ExtraFiles = []*os.File{pw}
 	// Its own session: a ^C to ckpt's terminal must not take the pages
-	// away from a running container.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// away from a running container. A pidfd from the start: signals and
+	// pidfd_getfd never reach another process that reused its pid.
+	pidfd := -1
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, PidFD: &pidfd}
 	err = cmd.Start()
 	pw.Close()
 	if err != nil {
 		return nil, fmt.Errorf("criu lazy-pages: %w", err)
 	}
-	lp := &lazyPages{id: id, work: work, cmd: cmd, done: make(chan struct{}), pidfd: -1}
+	lp := &lazyPages{id: id, work: work, cmd: cmd, done: make(chan struct{}), pidfd: pidfd}
 	go func() { lp.err = cmd.Wait(); close(lp.done) }()
+	if err := lp.canHold(); err != nil {
+		lp.abort()
+		return nil, err
+	}
 	// CRIU writes one byte to --status-fd once its socket listens; EOF
-	// means it ended first.
+	// means it ended first. Either way nothing was restored yet: the
+	// caller restores in full instead.
+	pr.SetReadDeadline(time.Now().Add(lazyStartTimeout))
 	if _, err := pr.Read(make([]byte, 1)); err != nil {
-		<-lp.done
-		return nil, lp.failure(fmt.Errorf("did not start: %v", lp.err))
+		lp.abort()
+		return nil, fmt.Errorf("%w: %w", hypervisors.ErrNotSupported, lp.failure(fmt.Errorf("did not start (%v): %v", err, lp.err)))
 	}
 	if lazyStarted != nil {
 		lazyStarted(cmd.Process.Pid)
@@ -88,13 +97,34 @@ func (r *Runtime) startLazyPages(id, img, work string) (*lazyPages, error) {
 	return lp, nil
 }
 
+// lazyStartTimeout bounds the wait for the daemon to listen.
+const lazyStartTimeout = 30 * time.Second
+
+// canHold checks that this kernel lets ckpt hold the daemon's
+// userfaultfds (pidfd_getfd, 5.6) and tell them apart (kcmp): without
+// them a lazy restore is refused (ErrNotSupported), not run unguarded.
+func (lp *lazyPages) canHold() error {
+	if lp.pidfd < 0 {
+		return fmt.Errorf("%w: lazy restore: no pidfd for the lazy-pages daemon", hypervisors.ErrNotSupported)
+	}
+	fd, err := unix.PidfdGetfd(lp.pidfd, 0, 0)
+	if err != nil {
+		return fmt.Errorf("%w: lazy restore: pidfd_getfd: %v", hypervisors.ErrNotSupported, err)
+	}
+	defer unix.Close(fd)
+	if !lp.same(fd, lp.cmd.Process.Pid, 0) {
+		return fmt.Errorf("%w: lazy restore: kcmp cannot compare the daemon's descriptors", hypervisors.ErrNotSupported)
+	}
+	return nil
+}
+
 func (lp *lazyPages) failure(err error) *CRIUError {
 	return newCRIUError("lazy-pages", lp.id, filepath.Join(lp.work, "lazy-pages.log"), err)
 }
 
-// abort ends a daemon whose restore failed.
+// abort ends a daemon whose restore failed (or that did not start).
 func (lp *lazyPages) abort() {
-	syscall.Kill(-lp.cmd.Process.Pid, syscall.SIGKILL)
+	unix.PidfdSendSignal(lp.pidfd, unix.SIGKILL, nil, 0)
 	<-lp.done
 	lp.release()
 }
@@ -102,7 +132,9 @@ func (lp *lazyPages) abort() {
 // watch holds the daemon's userfaultfds from now on (the restored tasks
 // have sent theirs; a task forked later gets one too, taken within
 // holdEvery) and returns what waits for the daemon: nil once every page
-// is in, else kill's error joined to the daemon's, after kill.
+// is in, else kill's error joined to the daemon's, after kill. Should
+// kill fail, the copies stay open (and leak): the tasks keep waiting
+// rather than run on zeros.
 func (lp *lazyPages) watch(kill func() error) func() error {
 	lp.grab()
 	go func() {
@@ -119,17 +151,40 @@ func (lp *lazyPages) watch(kill func() error) func() error {
 	}()
 	return func() error {
 		<-lp.done
-		defer lp.release()
-		if lp.err == nil {
+		why := lp.err
+		if why == nil && lp.pending() {
+			why = errors.New("exit 0 with a fault still unanswered")
+		}
+		if why == nil {
+			lp.release()
 			return nil
 		}
 		// Kill before the copies are closed: closed, they would let
 		// the tasks run on zeros.
 		time.Sleep(lazyKillDelay)
-		kerr := kill()
-		err := lp.failure(fmt.Errorf("the daemon ended (%v) before all pages were in: the container was killed rather than left to run on pages it never got back; its images are kept", lp.err))
-		return errors.Join(err, kerr)
+		err := lp.failure(fmt.Errorf("the daemon ended (%v) before all pages were in: the container was killed rather than left to run on pages it never got back; its images are kept", why))
+		if kerr := kill(); kerr != nil {
+			lp.mu.Lock()
+			lp.closed = true // keep the copies: better blocked than on zeros
+			lp.mu.Unlock()
+			return errors.Join(err, fmt.Errorf("and the container could not be killed, so ckpt keeps its userfaultfds open: its tasks wait; kill it yourself: %w", kerr))
+		}
+		lp.release()
+		return err
 	}
+}
+
+// pending says whether a held userfaultfd has a fault or an event
+// nobody read.
+func (lp *lazyPages) pending() bool {
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	fds := make([]unix.PollFd, len(lp.held))
+	for i, fd := range lp.held {
+		fds[i] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+	}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
 }
 
 // holdEvery is how often watch looks for new userfaultfds in the daemon.
@@ -143,9 +198,12 @@ func (lp *lazyPages) grab() {
 		return
 	}
 	pid := lp.cmd.Process.Pid
+	if unix.PidfdSendSignal(lp.pidfd, 0, nil, 0) != nil {
+		return // it ended (and pid may be another process's now)
+	}
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	if err != nil {
-		return // it ended
+		return
 	}
 	for _, e := range ents {
 		n, err := strconv.Atoi(e.Name())
@@ -155,28 +213,27 @@ func (lp *lazyPages) grab() {
 		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, n)); err != nil || l != uffdLink || lp.holds(pid, n) {
 			continue
 		}
-		if lp.pidfd < 0 {
-			if lp.pidfd, err = unix.PidfdOpen(pid, 0); err != nil {
-				lp.pidfd = -1
-				return
-			}
-		}
 		if fd, err := unix.PidfdGetfd(lp.pidfd, n, 0); err == nil {
 			lp.held = append(lp.held, fd)
 		}
 	}
 }
 
-// holds says whether one of our copies is the daemon's fd their (kcmp).
+// holds says whether one of our copies is the daemon's fd their.
 func (lp *lazyPages) holds(pid, their int) bool {
-	const kcmpFile = 0
 	for _, fd := range lp.held {
-		r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(os.Getpid()), uintptr(pid), kcmpFile, uintptr(fd), uintptr(their), 0)
-		if e == 0 && r == 0 {
+		if lp.same(fd, pid, their) {
 			return true
 		}
 	}
 	return false
+}
+
+// same says whether our fd and fd their of pid are one open file (kcmp).
+func (lp *lazyPages) same(ours, pid, their int) bool {
+	const kcmpFile = 0
+	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(os.Getpid()), uintptr(pid), kcmpFile, uintptr(ours), uintptr(their), 0)
+	return e == 0 && r == 0
 }
 
 // release closes our copies (and takes no more).

@@ -9,9 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/internal/freezer"
 )
 
 // Restore recreates a container with runc restore --detach from the
@@ -118,13 +120,22 @@ func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec r
 	restoring()
 	if err != nil {
 		if lp != nil {
+			// Tasks CRIU resumed before the failure (or the cancel) may
+			// have handed their userfaultfds over already: hold them,
+			// end whatever runs, only then end the daemon.
+			lp.grab()
+			r.killRestored(rec, nil)
 			lp.abort()
 		}
 		return nil, newCRIUError("restore", w.ID, filepath.Join(work, "restore.log"), err)
 	}
 	r.noteRestore(w.ID, work, time.Since(start))
 	if lp != nil {
-		wait = lp.watch(func() error { return r.killRestored(rec) })
+		var cg *freezer.Cgroup
+		if st, err := r.state(ctx, rec.ID); err == nil && st.Pid > 0 {
+			cg, _ = freezer.OfPID(st.Pid)
+		}
+		wait = lp.watch(func() error { return r.killRestored(rec, cg) })
 	}
 	if err := lockConnections(ctx, rec.Locks, false); err != nil {
 		if wait != nil {
@@ -138,8 +149,9 @@ func (r *Runtime) restoreFrom(ctx context.Context, w hypervisors.Workload, rec r
 
 // killRestored ends a restored container for good: SIGKILL to every task
 // (a task blocked on a page the lazy-pages daemon never served wakes only
-// for that), then runc forgets it.
-func (r *Runtime) killRestored(rec recipe) error {
+// for that), then runc forgets it. Where runc cannot, every process of cg
+// (if known) is killed directly; it fails only if some are left.
+func (r *Runtime) killRestored(rec recipe, cg *freezer.Cgroup) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	runc := func(args ...string) error {
@@ -150,10 +162,23 @@ func (r *Runtime) killRestored(rec recipe) error {
 		return nil
 	}
 	kerr := runc("kill", "--all", rec.ID, "KILL")
-	if derr := runc("delete", "--force", rec.ID); derr != nil {
+	if kerr != nil && cg != nil {
+		for ctx.Err() == nil {
+			pids := cg.PidList()
+			if len(pids) == 0 {
+				kerr = nil
+				break
+			}
+			for _, pid := range pids {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if derr := runc("delete", "--force", rec.ID); derr != nil && kerr != nil {
 		return errors.Join(kerr, derr)
 	}
-	return nil
+	return kerr
 }
 
 // stageImages points *img at the images: in place where the source keeps

@@ -17,14 +17,29 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/workloads"
 )
 
-// treeCgroups are the hierarchies a test process tree joins: the freezer
-// and memory controllers on a v1 host, the unified tree on v2.
+// treeCgroups are the cgroups a test process tree joins: on a v1 host one
+// of its own in every hierarchy (the freezer first), as a service has; on
+// v2 one in the unified tree. A tree left in a hierarchy's root makes CRIU
+// dump that whole hierarchy (every cgroup below the root): a cgroup
+// another test (podman's) removes before the restore then fails it ("bad
+// cgroup path …/pids.max").
 func treeCgroups(t testing.TB, name string) []string {
 	t.Helper()
-	if _, err := os.Stat("/sys/fs/cgroup/freezer"); err == nil {
-		return []string{"/sys/fs/cgroup/freezer/" + name, "/sys/fs/cgroup/memory/" + name}
+	if _, err := os.Stat("/sys/fs/cgroup/freezer"); err != nil {
+		return []string{"/sys/fs/cgroup/" + name}
 	}
-	return []string{"/sys/fs/cgroup/" + name}
+	dirs := []string{"/sys/fs/cgroup/freezer/" + name}
+	ents, _ := os.ReadDir("/sys/fs/cgroup")
+	for _, e := range ents {
+		h := filepath.Join("/sys/fs/cgroup", e.Name())
+		if e.Name() == "freezer" || !e.IsDir() {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(h, "cgroup.procs")); err == nil {
+			dirs = append(dirs, filepath.Join(h, name))
+		}
+	}
+	return dirs
 }
 
 // startTree runs testload as a plain process tree (its own session, stdout
@@ -38,6 +53,11 @@ func startTree(t *testing.T, memMiB int) *workloads.Container {
 	for _, d := range dirs {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
+		}
+		if strings.Contains(d, "/cpuset/") { // an empty cpuset takes no task
+			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+				join += fmt.Sprintf("cat %s/%s > %s/%s; ", filepath.Dir(d), f, d, f)
+			}
 		}
 		join += fmt.Sprintf("echo $$ > %s/cgroup.procs; ", d)
 	}

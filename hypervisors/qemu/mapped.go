@@ -111,7 +111,11 @@ func (b *Backend) startMapped(ctx context.Context, v *vm, ds hypervisors.DirectS
 		return m, nil
 	}
 	o.abort = func(ctx context.Context) {
-		b.cancelMigration(ctx, v)
+		// Not migrate_cancel at once: QEMU 10.0 can crash when a
+		// mapped-ram migration is cancelled just after it began (see
+		// endMigration); it ends by itself after a pass, the VM stopped
+		// (Thaw continues it).
+		b.endMigration(ctx, v)
 		os.Remove(path)
 		unset()
 	}

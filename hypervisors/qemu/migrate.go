@@ -218,15 +218,6 @@ func (b *Backend) settleMigration(ctx context.Context, v *vm) error {
 	case "", "none", "completed", "failed", "cancelled":
 		return nil
 	}
-	var st struct {
-		Running bool `json:"running"`
-	}
-	if err := v.mon.Execute(ctx, "query-status", nil, &st); err == nil && st.Running {
-		// A pre-copy whose ckpt is gone: it would never end by itself.
-		b.log.Info("cancelling a pre-copy still under way", "vm", v.id, "status", m.Status)
-		b.cancelMigration(ctx, v)
-		return nil
-	}
 	b.log.Info("waiting out a migration still under way", "vm", v.id, "status", m.Status)
 	b.endMigration(ctx, v)
 	return nil

@@ -26,9 +26,9 @@ import (
 //
 // A suspend rolled back, or a ckpt that crashed, after PreDump calls Thaw
 // (the engine journals a pre-copy like a freeze; see
-// hypervisors.LivePreDumper), which cancels the migration if it runs,
-// drops its file, puts the settings back and continues the VM that QEMU
-// stopped.
+// hypervisors.LivePreDumper), which lets a migration still running end
+// (its pass; cancelled only after migrationGrace), drops its file, puts
+// the settings back and continues the VM that QEMU stopped.
 
 var _ hypervisors.LivePreDumper = (*Backend)(nil)
 
