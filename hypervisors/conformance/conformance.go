@@ -139,7 +139,10 @@ func stalled(t *testing.T, p Probe) {
 // it, or fails the test.
 func Advancing(t *testing.T, p Probe, min int64) int64 {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	// A liveness bound, generous: TCG guests on a loaded CI machine
+	// (both QEMUs' suites in parallel, under -race) have gone 10 s
+	// without a tick.
+	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		if c := p.Counter(t); c > min {
 			return c
