@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"log/slog"
-	"os"
 	"runtime"
 	"sort"
 	"strings"
@@ -15,6 +13,7 @@ import (
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
 	"github.com/ckpt-dev/ckpt/fleetlock"
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/internal/memwatch"
 	"github.com/ckpt-dev/ckpt/journal"
 	"github.com/ckpt-dev/ckpt/memregion"
 )
@@ -248,27 +247,11 @@ func (p *Plan) checkStaging(r *memregion.Region) {
 	hint := "a directory region, or the fs layout on a block device (ckpt region format " + r.Path() + " --kind fs: DAX on pmem)"
 	p.Warnings = append(p.Warnings, fmt.Sprintf("region %s takes no files in place: the backends stage %s in RAM outside it and copy it in; %s writes in place",
 		r.Path(), memregion.HumanBytes(p.StagingBytes), hint))
-	p.MemAvailable = memAvailable()
+	p.MemAvailable = memwatch.Available()
 	if p.MemAvailable > 0 && p.StagingBytes > p.MemAvailable*9/10 {
 		p.Problems = append(p.Problems, fmt.Sprintf("the backends stage %s in RAM outside region %s, but only %s of memory is available: use %s, or suspend fewer workloads at once (--only)",
 			memregion.HumanBytes(p.StagingBytes), r.Path(), memregion.HumanBytes(p.MemAvailable), hint))
 	}
-}
-
-// memAvailable is MemAvailable from /proc/meminfo (0 if unknown).
-func memAvailable() int64 {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "MemAvailable:"); ok {
-			var kb int64
-			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 // claimedTwice finds processes two backends both claim (a manager's
@@ -323,66 +306,8 @@ type Result struct {
 	// PeakExtraRAM is the most memory the dump took beyond the region
 	// (MemAvailable's drop from before the dump, less what the region
 	// itself grew where it is RAM, a tmpfs): staging, tools' buffers,
-	// page cache. Sampled every MemSampleInterval.
+	// page cache. Sampled every memwatch.Interval.
 	PeakExtraRAM int64 `json:"peak_extra_ram"`
-}
-
-// MemSampleInterval is how often the dump samples MemAvailable.
-var MemSampleInterval = 20 * time.Millisecond
-
-// watchMemory samples, until stop, how much memory the host uses beyond
-// what it used at the start, less what the region grew where it is RAM;
-// stop returns the peak.
-func watchMemory(path string) (stop func() int64) {
-	inRAM := false
-	if sv, err := memregion.Survives(path); err == nil {
-		inRAM = strings.HasPrefix(sv.Medium, "tmpfs ") || strings.HasPrefix(sv.Medium, "ramfs ")
-	}
-	// What the filesystem holding a RAM region uses (a raw file there was
-	// allocated up front, and takes no more as it is written).
-	used := func() int64 {
-		var st unix.Statfs_t
-		if !inRAM || unix.Statfs(path, &st) != nil {
-			return 0
-		}
-		return int64(st.Blocks-st.Bfree) * st.Bsize
-	}
-	return watchMem(memAvailable, used, MemSampleInterval)
-}
-
-// watchMem samples avail and regionUsed every interval until stop, which
-// returns the peak of (avail's drop − regionUsed's growth) since the start.
-func watchMem(avail, regionUsed func() int64, interval time.Duration) (stop func() int64) {
-	base, base0 := avail(), regionUsed()
-	if base == 0 {
-		return func() int64 { return 0 }
-	}
-	var peak int64
-	sample := func() {
-		if a := avail(); a > 0 {
-			peak = max(peak, base-a-(regionUsed()-base0))
-		}
-	}
-	done, exited := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(exited)
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				sample()
-			}
-		}
-	}()
-	return func() int64 {
-		close(done)
-		<-exited
-		sample()
-		return peak
-	}
 }
 
 // WorkloadResult is one workload's suspend.

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/ckpt-dev/ckpt/checkpoint/kexec"
+	"github.com/ckpt-dev/ckpt/internal/memwatch"
 	"github.com/ckpt-dev/ckpt/memregion"
 	"github.com/ckpt-dev/ckpt/update"
 	"golang.org/x/sys/unix"
@@ -192,7 +193,7 @@ func growRun(need int64) error {
 		return nil
 	}
 	// The region will take need bytes of RAM, whatever the cap says.
-	if avail := memAvailable(); avail > 0 && need > avail*9/10 {
+	if avail := memwatch.Available(); avail > 0 && need > avail*9/10 {
 		return fmt.Errorf("the region in /run would take %s of RAM, and only %s is available: give a region on a pmem device or on disk", memregion.HumanBytes(need), memregion.HumanBytes(avail))
 	}
 	more := need + slack - free

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ckpt-dev/ckpt/fleetlock"
 	"github.com/ckpt-dev/ckpt/hypervisors"
+	"github.com/ckpt-dev/ckpt/internal/memwatch"
 	"github.com/ckpt-dev/ckpt/journal"
 	"github.com/ckpt-dev/ckpt/memregion"
 	"golang.org/x/sync/errgroup"
@@ -374,10 +375,10 @@ func (s *suspendRun) thawAll(ctx context.Context) []error {
 func (s *suspendRun) dumpAll(ctx context.Context) error {
 	start := time.Now()
 	stopProgress := watchProgress(s.r, s.p.Bytes, s.opts)
-	stopMemory := watchMemory(s.opts.Region)
+	stopMemory := memwatch.Watch(s.opts.Region)
 	err := s.dumpParallel(ctx)
 	stopProgress()
-	s.res.PeakExtraRAM = stopMemory()
+	s.res.PeakExtraRAM = stopMemory().Peak
 	var de *dumpError
 	switch {
 	case errors.As(err, &de):

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ckpt-dev/ckpt/checkpoint"
+	"github.com/ckpt-dev/ckpt/hypervisors/qemu"
 	"github.com/ckpt-dev/ckpt/internal/testenv"
 	"github.com/ckpt-dev/ckpt/internal/workloads"
 )
@@ -231,7 +233,7 @@ func (h *host) running(since map[string]int64) {
 				break
 			}
 			if time.Now().After(deadline.Add(30 * time.Second)) {
-				t.Fatalf("VM %s printed no checksum", g.ID)
+				t.Fatalf("VM %s printed no checksum since the check began (console %d → %d bytes, QEMU says %s); its console's end:\n%s", g.ID, from, len(b), vmStatus(g.Socket), workloads.TailLines(string(b), 15))
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
@@ -469,7 +471,7 @@ func TestInterruptedSuspendRollsBack(t *testing.T) {
 	h.container(workloads.Checkpointable)
 	h.vm()
 	before := h.counters()
-	cmd, out := h.startSuspend()
+	cmd, out := h.startSuspend("--log-level", "debug")
 	cmd.Process.Signal(os.Interrupt)
 	h.rolledBack(cmd, out, before, "the interrupt", "context canceled")
 }
@@ -562,16 +564,95 @@ func TestDemo(t *testing.T) {
 }
 
 // TestBench: ckpt bench dry-runs a suspend of real workloads three times
-// (ckpt, one at a time, backend defaults) and leaves them running.
+// (ckpt, one at a time, backend defaults), then with --round-trip
+// suspends and resumes them for real twice (ckpt, stock tools), measuring
+// each one's blackout and restore rate; they run on where they stopped.
 func TestBench(t *testing.T) {
 	h := newHost(t)
 	h.container(workloads.Checkpointable)
 	h.container(workloads.Checkpointable)
 	h.vm()
 	before := h.counters()
-	out, err := h.run("bench")
-	if err != nil || !strings.Contains(out, "% of memcpy") || !strings.Contains(out, "x backend defaults") {
-		t.Fatalf("bench: %v", err)
+	out, err := h.stdout("bench", "--round-trip", "--json")
+	if err != nil {
+		t.Fatalf("bench --round-trip: %v", err)
+	}
+	var rep struct {
+		Memcpy []struct{ GBps float64 } `json:"memcpy"`
+		Ours   struct {
+			DumpGBps float64 `json:"dump_gbps"`
+		} `json:"ours"`
+		Defaults struct {
+			DumpGBps float64 `json:"dump_gbps"`
+		} `json:"defaults"`
+		RoundTrips []struct {
+			Label  string
+			Resume struct {
+				Released bool
+				Failed   []any
+			}
+			PerWorkload []struct {
+				Key         string
+				Bytes       int64
+				BlackoutS   float64 `json:"blackout_s"`
+				DumpGBps    float64 `json:"dump_gbps"`
+				RestoreGBps float64 `json:"restore_gbps"`
+			} `json:"per_workload"`
+		} `json:"round_trips"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("bench --json: %v", err)
+	}
+	if len(rep.Memcpy) == 0 || rep.Ours.DumpGBps <= 0 || rep.Defaults.DumpGBps <= 0 {
+		t.Fatalf("bench measured no dump or memcpy rate: %s", out)
+	}
+	if len(rep.RoundTrips) != 2 {
+		t.Fatalf("bench --round-trip made %d round trips; want ckpt's and the stock tools'", len(rep.RoundTrips))
+	}
+	for _, rt := range rep.RoundTrips {
+		if !rt.Resume.Released || len(rt.Resume.Failed) > 0 || len(rt.PerWorkload) != 3 {
+			t.Fatalf("%s: released %v, failed %v, %d workloads back; want all 3 and the region released", rt.Label, rt.Resume.Released, rt.Resume.Failed, len(rt.PerWorkload))
+		}
+		for _, w := range rt.PerWorkload {
+			if w.Bytes <= 0 || w.BlackoutS <= 0 || w.DumpGBps <= 0 || w.RestoreGBps <= 0 {
+				t.Errorf("%s: %s: bytes %d, blackout %.2fs, dump %.2f GB/s, restore %.2f GB/s; want each measured", rt.Label, w.Key, w.Bytes, w.BlackoutS, w.DumpGBps, w.RestoreGBps)
+			}
+		}
 	}
 	h.running(before)
+}
+
+// vmStatus asks QEMU behind socket for the VM's run state, for a failure
+// message: a VM that QEMU runs but that prints nothing hangs in its guest.
+func vmStatus(socket string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	mon, err := qemu.Dial(ctx, socket)
+	if err != nil {
+		return err.Error()
+	}
+	defer mon.Close()
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := mon.Execute(ctx, "query-status", nil, &st); err != nil {
+		return err.Error()
+	}
+	// Where its vCPU is, twice: a guest that hangs spins or halts.
+	var regs []string
+	for range 2 {
+		var out string
+		if err := mon.Execute(ctx, "human-monitor-command", map[string]string{"command-line": "info registers"}, &out); err != nil {
+			return st.Status + ", " + err.Error()
+		}
+		if f := strings.Fields(out); len(f) > 0 {
+			i := slices.IndexFunc(f, func(s string) bool { return strings.HasPrefix(s, "RIP=") })
+			j := slices.IndexFunc(f, func(s string) bool { return strings.HasPrefix(s, "HLT=") })
+			if i >= 0 && j >= 0 {
+				regs = append(regs, f[i]+" "+f[j])
+			}
+		}
+		time.Sleep(time.Second)
+	}
+	return fmt.Sprintf("%s, vCPU %v", st.Status, regs)
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/ckpt-dev/ckpt/fleetlock"
 	"github.com/ckpt-dev/ckpt/hypervisors"
 	"github.com/ckpt-dev/ckpt/internal/atomicfile"
+	"github.com/ckpt-dev/ckpt/internal/memwatch"
 	"github.com/ckpt-dev/ckpt/internal/thp"
 	"github.com/ckpt-dev/ckpt/journal"
 	"github.com/ckpt-dev/ckpt/memregion"
@@ -93,6 +94,10 @@ type Result struct {
 	// SlotGiven says the fleet lock's reboot slot was given back.
 	SlotGiven bool    `json:"slot_given,omitempty"`
 	Seconds   float64 `json:"seconds"`
+	// PeakExtraRAM is how far the host's memory use rose during the
+	// restore above where it ended (the restored workloads' own memory):
+	// staging, tools' buffers, page cache. Sampled every memwatch.Interval.
+	PeakExtraRAM int64 `json:"peak_extra_ram"`
 }
 
 // WorkloadResult is one workload's restore.
@@ -187,10 +192,12 @@ func ResumeHeld(ctx context.Context, opts Options) (*Result, error) {
 			}
 		}()
 	}
+	stopMemory := memwatch.Watch(opts.Region)
 	for _, wave := range waves(todo, opts.Order) {
 		run.restoreWave(ctx, wave)
 	}
 	run.lazy.Wait() // their pages: the region is in use until then
+	run.res.PeakExtraRAM = stopMemory().AboveEnd()
 	journal.Failpoint("restore:done")
 	run.res.Seconds = time.Since(run.start).Seconds()
 	if len(run.res.Failed) > 0 {

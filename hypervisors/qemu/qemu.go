@@ -353,6 +353,7 @@ func (b *Backend) Thaw(ctx context.Context, w hypervisors.Workload) error {
 			cont = false // paused before the suspend: it stays so
 		}
 	}
+	b.log.Debug("thaw", "vm", v.id, "froze_here", v.frozeHere, "cont", cont)
 	if cont {
 		errs = append(errs, v.mon.Execute(ctx, "cont", nil, nil), running(ctx, v))
 	}
