@@ -609,6 +609,14 @@ func TestBench(t *testing.T) {
 	if len(rep.RoundTrips) != 2 {
 		t.Fatalf("bench --round-trip made %d round trips; want ckpt's and the stock tools'", len(rep.RoundTrips))
 	}
+	var table strings.Builder
+	fmt.Fprintf(&table, "| run | workload | bytes | blackout | dump | restore |\n|---|---|---|---|---|---|\n")
+	for _, rt := range rep.RoundTrips {
+		for _, w := range rt.PerWorkload {
+			fmt.Fprintf(&table, "| %s | %s | %d MiB | %.2f s | %.2f GB/s | %.2f GB/s |\n", rt.Label, w.Key, w.Bytes>>20, w.BlackoutS, w.DumpGBps, w.RestoreGBps)
+		}
+	}
+	t.Logf("bench round trips:\n%s", table.String())
 	for _, rt := range rep.RoundTrips {
 		if !rt.Resume.Released || len(rt.Resume.Failed) > 0 || len(rt.PerWorkload) != 3 {
 			t.Fatalf("%s: released %v, failed %v, %d workloads back; want all 3 and the region released", rt.Label, rt.Resume.Released, rt.Resume.Failed, len(rt.PerWorkload))

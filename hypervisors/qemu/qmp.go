@@ -38,6 +38,7 @@ type Monitor struct {
 
 	conn *net.UnixConn
 	mu   sync.Mutex // one command at a time
+	seq  uint64     // the id of the last command (under mu)
 	resp chan []byte
 	done chan struct{}
 	err  error // set before done is closed
@@ -55,7 +56,7 @@ func Dial(ctx context.Context, path string) (*Monitor, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Monitor{Path: path, conn: c.(*net.UnixConn), resp: make(chan []byte, 1), done: make(chan struct{})}
+	m := &Monitor{Path: path, conn: c.(*net.UnixConn), resp: make(chan []byte, answersQueued), done: make(chan struct{})}
 	if err := m.handshake(ctx); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("qmp %s: %w", path, err)
@@ -128,8 +129,22 @@ func (m *Monitor) read(r *bufio.Reader) {
 			}
 			continue
 		}
-		m.resp <- line
+		select {
+		case m.resp <- line:
+		default: // only stale answers queued (see run): drop
+		}
 	}
+}
+
+// answersQueued bounds the answers the reader holds for run: the current
+// command's and those of commands a cancel gave up on, which run drops.
+const answersQueued = 8
+
+// command is a QMP command with the id its answer carries back.
+type command struct {
+	Execute string `json:"execute"`
+	Args    any    `json:"arguments,omitempty"`
+	ID      uint64 `json:"id"`
 }
 
 // Execute runs a command with arguments and decodes its "return" into out
@@ -153,12 +168,14 @@ func (m *Monitor) ExecuteWithFile(ctx context.Context, cmd string, args any, f *
 }
 
 func (m *Monitor) run(ctx context.Context, cmd string, args any, f *os.File) (json.RawMessage, error) {
-	b, err := json.Marshal(qmp.Command{Execute: cmd, Args: args})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.seq++
+	id := m.seq
+	b, err := json.Marshal(command{Execute: cmd, Args: args, ID: id})
 	if err != nil {
 		return nil, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	var oob []byte
 	if f != nil {
 		oob = unix.UnixRights(int(f.Fd()))
@@ -166,18 +183,25 @@ func (m *Monitor) run(ctx context.Context, cmd string, args any, f *os.File) (js
 	if _, _, err := m.conn.WriteMsgUnix(append(b, '\n'), oob, nil); err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 	}
+	// The answer carries the command's id. A cancel below leaves the
+	// connection as it is: the answer it gave up on still comes, and the
+	// next command drops it by its id. (Closing the connection instead
+	// made every cancelled dump reconnect for the rollback's thaw.)
 	var line []byte
-	select {
-	case line = <-m.resp:
-	case <-m.done:
-		return nil, fmt.Errorf("qmp %s: connection closed: %v", cmd, m.err)
-	case <-ctx.Done():
-		// The answer still comes; the connection is out of step now.
-		// Close it and wait for the reader to see that, so that the next
-		// caller (a rollback's Thaw) finds it done and reconnects.
-		m.conn.Close()
-		<-m.done
-		return nil, fmt.Errorf("qmp %s: %w", cmd, ctx.Err())
+	for line == nil {
+		select {
+		case line = <-m.resp:
+			var tag struct {
+				ID *uint64 `json:"id"`
+			}
+			if json.Unmarshal(line, &tag) == nil && tag.ID != nil && *tag.ID != id {
+				line = nil // a cancelled command's answer
+			}
+		case <-m.done:
+			return nil, fmt.Errorf("qmp %s: connection closed: %v", cmd, m.err)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("qmp %s: %w", cmd, ctx.Err())
+		}
 	}
 	var r struct {
 		Return json.RawMessage `json:"return"`
@@ -205,9 +229,9 @@ func (m *Monitor) Connect() error { return nil }
 func (m *Monitor) Disconnect() error { return m.Close() }
 
 // Run implements qmp.Monitor: a raw JSON command, its raw JSON answer.
-func (m *Monitor) Run(command []byte) ([]byte, error) {
+func (m *Monitor) Run(raw []byte) ([]byte, error) {
 	var c qmp.Command
-	if err := json.Unmarshal(command, &c); err != nil {
+	if err := json.Unmarshal(raw, &c); err != nil {
 		return nil, err
 	}
 	ret, err := m.run(context.Background(), c.Execute, c.Args, nil)
