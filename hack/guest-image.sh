@@ -138,6 +138,16 @@ customize() {
 		ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=20
 	EOF
 	chroot "$r" systemctl mask -q "${MASK[@]}"
+	# CRIU without hardware breakpoints (its fault injection 130,
+	# FI_NO_BREAKPOINTS: it stops restored tasks by tracing syscalls
+	# instead), for every unit and so for what the guest agent runs. A
+	# breakpoint is a perf event, and the first one flips a static key that
+	# the kernel patches into __schedule with text_poke_bp; under TCG with two
+	# vCPUs the other vCPU then ran the stale int3 ("Oops: int3" in __schedule,
+	# "Fatal exception in interrupt"): two CI runs lost a 6.12 guest that way
+	# during the restore after a kexec. A QEMU TCG matter, not a host's.
+	mkdir -p "$r/etc/systemd/system.conf.d"
+	printf '[Manager]\nDefaultEnvironment=CRIU_FAULT=130\n' >"$r/etc/systemd/system.conf.d/ckpt-tcg.conf"
 	# Drivers udev would load for QEMU's emulated PC hardware (VGA, AHCI, PS/2
 	# mouse, parport, watchdog, SMBus; cfg80211 for networkd's nl80211 probe):
 	# unused here, and each costs seconds of module loading and probing in TCG.
