@@ -159,8 +159,9 @@ that fails to come back keeps its images in the region (resume-all retries it).`
 			if err != nil {
 				return err
 			}
-			defer hypervisors.Close(stock)
-			if rep.Defaults, err = run(1, stock); err != nil {
+			rep.Defaults, err = run(1, stock)
+			hypervisors.Close(stock) // the round trips connect again
+			if err != nil {
 				return err
 			}
 			_, rep.Memcpy = checkpoint.MeasureConcurrency(4)
@@ -168,7 +169,6 @@ that fails to come back keeps its images in the region (resume-all retries it).`
 				return err
 			}
 			if roundTrips {
-				hypervisors.Close(stock)
 				ours := roundTripRun{label: fmt.Sprintf("ckpt (%d at once)", rep.Ours.Concurrency), concurrency: f.concurrency, preDump: true,
 					lazy: f.lazy, hugePages: f.hugePages}
 				base := roundTripRun{label: "stock tools (one at a time, backend defaults)", concurrency: 1,
